@@ -1,0 +1,38 @@
+# The two commands: `make run` (embedded default) and `make test` (everything the tests need).
+SHELL := /bin/bash
+PYTHON ?= python3
+PY := .venv/bin/python
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
+VENV_STAMP := .venv/.installed-$(REQ_HASH)
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: venv run test migrate bench clean
+
+$(VENV_STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	rm -f .venv/.installed-*
+	touch $@
+
+venv: $(VENV_STAMP)
+
+migrate: venv
+	$(PY) manage.py migrate --noinput
+
+run: migrate
+	$(PY) manage.py collectstatic --noinput -v0
+	$(PY) manage.py ensure_admin
+	$(PY) manage.py seed_demo
+	bin/run
+
+test: venv
+	bin/test-services
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) bench/upload.py
+
+clean:
+	rm -rf var .pytest_cache

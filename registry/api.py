@@ -1,0 +1,205 @@
+"""REST API for the registry (/api/v1/). Views validate input, call a service, serialize output."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Max, QuerySet
+from django.http import FileResponse, HttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from registry import services
+from registry.errors import NotFound
+from registry.filters import AuditEventFilter, DatasetFilter, ModelFilter, VersionFilter
+from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel
+from registry.serializers import (
+    AliasInput, AliasOutput, AuditEventOutput, DatasetCreateInput, DatasetOutput, ModelCreateInput, ModelOutput,
+    ModelUpdateInput, VersionCreateInput, VersionOutput, VersionUpdateInput,
+)
+from registry.uploads import StagedFile
+
+
+def _valid(serializer_class: type, data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _models() -> QuerySet[RegisteredModel]:
+    return (RegisteredModel.objects.select_related("owner").prefetch_related("tags")
+            .annotate(latest_version=Max("versions__number")))
+
+
+class ModelList(generics.ListAPIView):
+    """Registered models. POST creates one (needs registry.add_registeredmodel)."""
+
+    serializer_class = ModelOutput
+    filterset_class = ModelFilter
+    queryset = RegisteredModel.objects.none()
+
+    def get_queryset(self) -> QuerySet[RegisteredModel]:
+        return _models()
+
+    @extend_schema(request=ModelCreateInput, responses={201: ModelOutput})
+    def post(self, request: Request) -> Response:
+        data = _valid(ModelCreateInput, request.data)
+        model = services.model_create(owner=request.user, **data)
+        return Response(ModelOutput(_models().get(pk=model.pk)).data, status=status.HTTP_201_CREATED)
+
+
+class ModelDetail(APIView):
+    queryset = RegisteredModel.objects.none()
+
+    @extend_schema(responses=ModelOutput)
+    def get(self, request: Request, name: str) -> Response:
+        return Response(ModelOutput(_models().get(pk=services.get_model(name).pk)).data)
+
+    @extend_schema(request=ModelUpdateInput, responses=ModelOutput)
+    def patch(self, request: Request, name: str) -> Response:
+        data = _valid(ModelUpdateInput, request.data)
+        model = services.model_update(model=services.get_model(name), actor=request.user, **data)
+        return Response(ModelOutput(_models().get(pk=model.pk)).data)
+
+
+class VersionList(generics.ListAPIView):
+    """Versions of a model, newest first. POST uploads a new one (multipart, field ``artifact``)."""
+
+    serializer_class = VersionOutput
+    filterset_class = VersionFilter
+    parser_classes = [MultiPartParser, FormParser]
+    queryset = ModelVersion.objects.none()
+
+    def get_queryset(self) -> QuerySet[ModelVersion]:
+        model = services.get_model(self.kwargs["name"])
+        return ModelVersion.objects.with_related().filter(model=model).order_by("-number").distinct()
+
+    @extend_schema(request={"multipart/form-data": VersionCreateInput}, responses={201: VersionOutput})
+    def post(self, request: Request, name: str) -> Response:
+        model = services.get_model(name)
+        data = _valid(VersionCreateInput, request.data)
+        parent = services.get_version(model, data["parent"]) if data.get("parent") else None
+        version = services.version_create(
+            model=model, staged=StagedFile.from_upload(data["artifact"]), actor=request.user,
+            description=data["description"], metadata=data["metadata"], tags=data["tags"], parent=parent,
+        )
+        return Response(VersionOutput(services.get_version(model, version.number)).data,
+                        status=status.HTTP_201_CREATED)
+
+
+class VersionDetail(APIView):
+    queryset = ModelVersion.objects.none()
+    parser_classes = [JSONParser]
+
+    @extend_schema(responses=VersionOutput)
+    def get(self, request: Request, name: str, version: int) -> Response:
+        return Response(VersionOutput(services.get_version(services.get_model(name), version)).data)
+
+    @extend_schema(request=VersionUpdateInput, responses=VersionOutput)
+    def patch(self, request: Request, name: str, version: int) -> Response:
+        model = services.get_model(name)
+        target = services.get_version(model, version)
+        data = _valid(VersionUpdateInput, request.data)
+        services.version_update(version=target, actor=request.user, **data)
+        return Response(VersionOutput(services.get_version(model, version)).data)
+
+
+class VersionArtifact(APIView):
+    """The uploaded bytes, streamed, after checking they still match the recorded sha256."""
+
+    queryset = ModelVersion.objects.none()
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(description="The artifact bytes")})
+    def get(self, request: Request, name: str, version: int) -> HttpResponse:
+        target = services.get_version(services.get_model(name), version)
+        etag = f'"{target.artifact_sha256}"'
+        if request.headers.get("If-None-Match") == etag:
+            return HttpResponse(status=304, headers={"ETag": etag})
+        path = services.version_artifact_path(target)
+        response = FileResponse(open(path, "rb"), as_attachment=True, filename=target.artifact_filename,
+                                content_type="application/octet-stream")
+        response["ETag"] = etag
+        response["X-Checksum-Sha256"] = target.artifact_sha256
+        return response
+
+
+class AliasList(generics.ListAPIView):
+    serializer_class = AliasOutput
+    queryset = ModelAlias.objects.none()
+
+    def get_queryset(self) -> QuerySet[ModelAlias]:
+        model = services.get_model(self.kwargs["name"])
+        return ModelAlias.objects.filter(model=model).select_related("model", "version", "updated_by")
+
+
+class AliasDetail(APIView):
+    """GET shows where an alias points; PUT ``{"version": N}`` creates or moves it; DELETE removes it."""
+
+    queryset = ModelAlias.objects.none()
+    parser_classes = [JSONParser]
+
+    def _alias(self, name: str, alias: str) -> ModelAlias:
+        found = (ModelAlias.objects.select_related("model", "version", "updated_by")
+                 .filter(model=services.get_model(name), name=alias).first())
+        if found is None:
+            raise NotFound(f"Model {name!r} has no alias {alias!r}.", code="alias_not_found")
+        return found
+
+    @extend_schema(responses=AliasOutput)
+    def get(self, request: Request, name: str, alias: str) -> Response:
+        return Response(AliasOutput(self._alias(name, alias)).data)
+
+    @extend_schema(request=AliasInput, responses=AliasOutput)
+    def put(self, request: Request, name: str, alias: str) -> Response:
+        model = services.get_model(name)
+        data = _valid(AliasInput, request.data)
+        services.alias_set(model=model, name=alias, version=services.get_version(model, data["version"]),
+                           actor=request.user)
+        return Response(AliasOutput(self._alias(name, alias)).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, name: str, alias: str) -> Response:
+        services.alias_delete(model=services.get_model(name), name=alias, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DatasetList(generics.ListAPIView):
+    serializer_class = DatasetOutput
+    filterset_class = DatasetFilter
+    parser_classes = [MultiPartParser, FormParser]
+    queryset = Dataset.objects.none()
+
+    def get_queryset(self) -> QuerySet[Dataset]:
+        model = services.get_model(self.kwargs["name"])
+        return Dataset.objects.filter(model=model).select_related("model", "checked_against", "created_by")
+
+    @extend_schema(request={"multipart/form-data": DatasetCreateInput}, responses={201: DatasetOutput})
+    def post(self, request: Request, name: str) -> Response:
+        model = services.get_model(name)
+        data = _valid(DatasetCreateInput, request.data)
+        version = services.get_version(model, data["version"]) if data.get("version") else None
+        dataset = services.dataset_create(model=model, staged=StagedFile.from_upload(data["file"]),
+                                          role=data["role"], actor=request.user, check_version=version,
+                                          name=data["name"])
+        return Response(DatasetOutput(dataset).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetDetail(generics.RetrieveAPIView):
+    serializer_class = DatasetOutput
+    queryset = Dataset.objects.none()
+    lookup_url_kwarg = "dataset_id"
+
+    def get_queryset(self) -> QuerySet[Dataset]:
+        model = services.get_model(self.kwargs["name"])
+        return Dataset.objects.filter(model=model).select_related("model", "checked_against", "created_by")
+
+
+class AuditEventList(generics.ListAPIView):
+    """The append-only audit trail, filterable by model, version, action and object."""
+
+    serializer_class = AuditEventOutput
+    filterset_class = AuditEventFilter
+    queryset = AuditEvent.objects.select_related("actor", "model", "version")

@@ -1,0 +1,148 @@
+"""Safe unpacking of uploaded SavedModel archives (.zip, .tar.gz).
+
+Every member is checked before a byte is written: no absolute paths, no ``..``, no links or
+device files, a bounded member count, and a bounded total unpacked size and compression ratio
+(enforced on the bytes actually written, since archive headers can lie).
+"""
+from __future__ import annotations
+
+import shutil
+import stat
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from django.conf import settings
+
+from registry.errors import CorruptArtifact, UnsafeArchive
+
+COPY_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_unpacked_bytes: int
+    max_ratio: int
+    max_members: int
+
+    @classmethod
+    def from_settings(cls) -> "Limits":
+        return cls(settings.MAX_UNPACKED_BYTES, settings.MAX_COMPRESSION_RATIO, settings.MAX_ARCHIVE_MEMBERS)
+
+
+class _Budget:
+    """Counts unpacked bytes across members and stops at the first byte over the limit."""
+
+    def __init__(self, limits: Limits, compressed_size: int) -> None:
+        # The ratio bound only starts to matter for archives bigger than 1 MiB unpacked: tiny
+        # archives of sparse weights compress extremely well and are harmless.
+        self.max_bytes = min(limits.max_unpacked_bytes, max(limits.max_ratio * compressed_size, 1024 * 1024))
+        self.limits = limits
+        self.used = 0
+
+    def consume(self, n: int) -> None:
+        self.used += n
+        if self.used > self.max_bytes:
+            raise UnsafeArchive(
+                f"The archive unpacks to more than {self.max_bytes} bytes (limits: "
+                f"{self.limits.max_unpacked_bytes} bytes in total, {self.limits.max_ratio}x the packed size); "
+                "it looks like a decompression bomb and was refused."
+            )
+
+
+def safe_member_path(name: str) -> PurePosixPath:
+    """Validate an archive member name; return it as a relative path or raise UnsafeArchive."""
+    if "\\" in name or "\x00" in name:
+        raise UnsafeArchive(f"Archive member {name!r} has an invalid character in its name.")
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("/"):
+        raise UnsafeArchive(f"Archive member {name!r} has an absolute path; only relative paths are allowed.")
+    if ".." in path.parts:
+        raise UnsafeArchive(f"Archive member {name!r} points outside the archive ('..' in its path).")
+    return path
+
+
+def _copy(src: IO[bytes], dest: Path, budget: _Budget) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "xb") as out:
+        while chunk := src.read(COPY_CHUNK):
+            budget.consume(len(chunk))
+            out.write(chunk)
+
+
+def extract_zip(archive: Path, dest: Path, limits: Limits) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            _check_count(len(infos), limits)
+            members = []
+            for info in infos:
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise UnsafeArchive(f"Archive member {info.filename!r} is a symbolic link; links are not allowed.")
+                members.append((info, safe_member_path(info.filename)))
+            budget = _Budget(limits, archive.stat().st_size)
+            for info, rel in members:
+                target = dest / rel
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                with zf.open(info) as src:
+                    _copy(src, target, budget)
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError) as exc:
+        raise CorruptArtifact(f"The zip archive is corrupt or truncated: {exc}") from exc
+    except FileExistsError as exc:
+        raise UnsafeArchive(f"The archive contains the same path twice: {exc.filename}") from exc
+
+
+def extract_tar(archive: Path, dest: Path, limits: Limits) -> None:
+    try:
+        with tarfile.open(archive, mode="r:*") as tf:
+            budget = _Budget(limits, archive.stat().st_size)
+            count = 0
+            # Stream member by member: a .tar.gz is read once, and a bomb stops at the limit.
+            for member in tf:
+                count += 1
+                _check_count(count, limits)
+                rel = safe_member_path(member.name)
+                if member.issym() or member.islnk():
+                    raise UnsafeArchive(
+                        f"Archive member {member.name!r} is a {'symbolic' if member.issym() else 'hard'} link; "
+                        "links are not allowed."
+                    )
+                if member.isdir():
+                    (dest / rel).mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    src = tf.extractfile(member)
+                    assert src is not None
+                    _copy(src, dest / rel, budget)
+                else:
+                    raise UnsafeArchive(f"Archive member {member.name!r} is a device, fifo or other special file.")
+    except (tarfile.TarError, EOFError, OSError, zlib_error()) as exc:
+        if isinstance(exc, FileExistsError):
+            raise UnsafeArchive(f"The archive contains the same path twice: {exc.filename}") from exc
+        raise CorruptArtifact(f"The tar archive is corrupt or truncated: {exc}") from exc
+
+
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error
+
+
+def _check_count(count: int, limits: Limits) -> None:
+    if count > limits.max_members:
+        raise UnsafeArchive(f"The archive has more than {limits.max_members} members (MODELYARD_MAX_ARCHIVE_MEMBERS).")
+
+
+def extract(archive: Path, dest: Path, kind: str, limits: Limits | None = None) -> None:
+    """Unpack ``archive`` (``zip`` or ``tar``) into the empty directory ``dest``."""
+    limits = limits or Limits.from_settings()
+    try:
+        (extract_zip if kind == "zip" else extract_tar)(archive, dest, limits)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir()
+        raise

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import django_filters
+
+from registry.models import AuditEvent, Dataset, ModelVersion, RegisteredModel
+
+
+class ModelFilter(django_filters.FilterSet):
+    tag = django_filters.CharFilter(field_name="tags__name", help_text="Only models with this tag.")
+    task = django_filters.ChoiceFilter(choices=RegisteredModel.Task.choices)
+
+    class Meta:
+        model = RegisteredModel
+        fields = ["tag", "task"]
+
+
+class VersionFilter(django_filters.FilterSet):
+    tag = django_filters.CharFilter(field_name="tags__name", help_text="Only versions with this tag.")
+    alias = django_filters.CharFilter(field_name="aliases__name", help_text="The version an alias points at.")
+    parent = django_filters.NumberFilter(field_name="parent__number", help_text="Variants of this version number.")
+    status = django_filters.ChoiceFilter(choices=ModelVersion.Status.choices)
+    format = django_filters.ChoiceFilter(choices=ModelVersion.Format.choices)
+    source = django_filters.ChoiceFilter(choices=ModelVersion.Source.choices)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["tag", "alias", "parent", "status", "format", "source"]
+
+
+class DatasetFilter(django_filters.FilterSet):
+    role = django_filters.ChoiceFilter(choices=Dataset.Role.choices)
+
+    class Meta:
+        model = Dataset
+        fields = ["role"]
+
+
+class AuditEventFilter(django_filters.FilterSet):
+    model = django_filters.CharFilter(field_name="model__name")
+    version = django_filters.NumberFilter(field_name="version__number")
+    action = django_filters.CharFilter(field_name="action")
+    object_type = django_filters.CharFilter(field_name="object_type")
+    object_id = django_filters.CharFilter(field_name="object_id")
+
+    class Meta:
+        model = AuditEvent
+        fields = ["model", "version", "action", "object_type", "object_id"]

@@ -1,0 +1,265 @@
+"""Read what an uploaded artifact is — format, serving signature, framework versions — by
+unpacking it privately and loading it, before anything is registered.
+
+TensorFlow is imported lazily: the web process only pays for it when a model is inspected.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from registry import archives
+from registry.errors import CorruptArtifact, InvalidModel, RegistryError
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+TFLITE_IDENTIFIER = b"TFL3"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+SUFFIX_FORMATS: list[tuple[str, str, str]] = [
+    # (file name suffix, format, container)
+    (".tar.gz", "saved_model", "tar"),
+    (".tgz", "saved_model", "tar"),
+    (".zip", "saved_model", "zip"),
+    (".keras", "keras", "keras"),
+    (".h5", "keras", "h5"),
+    (".tflite", "tflite", "tflite"),
+]
+
+
+@dataclass
+class Inspection:
+    format: str
+    signature: dict[str, Any]
+    framework: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_container(filename: str) -> tuple[str, str]:
+    lower = filename.lower()
+    for suffix, fmt, container in SUFFIX_FORMATS:
+        if lower.endswith(suffix):
+            return fmt, container
+    allowed = ", ".join(s for s, _, _ in SUFFIX_FORMATS)
+    raise RegistryError(
+        f"Cannot tell the model format of {filename!r}: the file name must end with one of {allowed}.",
+        code="unknown_format",
+    )
+
+
+@contextmanager
+def private_workdir() -> Iterator[Path]:
+    """A 0700 directory inside the storage root's tmp/, removed whatever happens."""
+    root = Path(settings.FILE_UPLOAD_TEMP_DIR)
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="inspect-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def inspect_artifact(path: Path, filename: str) -> Inspection:
+    fmt, container = detect_container(filename)
+    if container in ("zip", "tar"):
+        with private_workdir() as work:
+            unpacked = work / "unpacked"
+            unpacked.mkdir()
+            archives.extract(path, unpacked, container)
+            return inspect_saved_model_dir(find_saved_model_root(unpacked))
+    if container in ("keras", "h5"):
+        return inspect_keras(path, container)
+    return inspect_tflite(path)
+
+
+# --- SavedModel ------------------------------------------------------------------------------
+
+def find_saved_model_root(unpacked: Path) -> Path:
+    """The directory holding saved_model.pb: the archive root, or its single top-level folder."""
+    if (unpacked / "saved_model.pb").is_file():
+        return unpacked
+    children = [c for c in unpacked.iterdir() if not c.name.startswith("__MACOSX")]
+    if len(children) == 1 and children[0].is_dir() and (children[0] / "saved_model.pb").is_file():
+        return children[0]
+    raise InvalidModel(
+        "The archive has no saved_model.pb at its root or inside a single top-level directory: "
+        "it is not a SavedModel. Archive the directory written by tf.saved_model.save()."
+    )
+
+
+def _tensor_info(info: Any) -> dict[str, Any]:
+    from tensorflow.python.framework import dtypes
+
+    dims = None if info.tensor_shape.unknown_rank else [
+        None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim
+    ]
+    return {"dtype": dtypes.as_dtype(info.dtype).name, "shape": dims}
+
+
+def signature_from_saved_model_pb(model_dir: Path) -> tuple[dict[str, Any], str]:
+    """Read every SignatureDef from saved_model.pb (the same data TF Serving's metadata shows)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        proto.ParseFromString((model_dir / "saved_model.pb").read_bytes())
+    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+        raise CorruptArtifact(f"saved_model.pb cannot be parsed: {exc}") from exc
+    if not proto.meta_graphs:
+        raise InvalidModel("saved_model.pb holds no MetaGraph.")
+    meta = proto.meta_graphs[0]
+    signatures = {}
+    for key, sig in sorted(meta.signature_def.items()):
+        if key.startswith("__"):  # e.g. __saved_model_init_op
+            continue
+        signatures[key] = {
+            "method": sig.method_name,
+            "inputs": [{"name": n, **_tensor_info(t)} for n, t in sorted(sig.inputs.items())],
+            "outputs": [{"name": n, **_tensor_info(t)} for n, t in sorted(sig.outputs.items())],
+        }
+    return signatures, meta.meta_info_def.tensorflow_version
+
+
+def inspect_saved_model_dir(model_dir: Path) -> Inspection:
+    import tensorflow as tf
+
+    signatures, written_with = signature_from_saved_model_pb(model_dir)
+    if "serving_default" not in signatures:
+        raise InvalidModel(
+            "The SavedModel has no 'serving_default' signature, so TF Serving could not serve it. "
+            f"Signatures found: {sorted(signatures) or 'none'}."
+        )
+    try:
+        tf.saved_model.load(str(model_dir))
+    except Exception as exc:
+        raise InvalidModel(f"TensorFlow could not load the SavedModel: {_short(exc)}") from exc
+    return Inspection(
+        format="saved_model",
+        signature=_signature_doc("serving_default", signatures),
+        framework={"tensorflow": written_with or None, "inspected_with_tensorflow": tf.__version__},
+    )
+
+
+def _signature_doc(default_key: str, signatures: dict[str, Any]) -> dict[str, Any]:
+    default = signatures[default_key]
+    return {"name": default_key, **default, "all": signatures}
+
+
+# --- Keras (tf_keras) ------------------------------------------------------------------------
+
+def read_keras_config(path: Path, container: str) -> dict[str, Any]:
+    """The model's architecture as JSON, read without deserializing (or running) anything."""
+    try:
+        if container == "h5":
+            with open(path, "rb") as fh:
+                if fh.read(8) != HDF5_MAGIC:
+                    raise CorruptArtifact("The .h5 file is not an HDF5 file (wrong signature bytes).")
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                raw = h5.attrs.get("model_config")
+                if raw is None:
+                    raise InvalidModel("The .h5 file holds no model_config: it is weights only, not a model.")
+                return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read("config.json"))
+    except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise CorruptArtifact(f"The Keras file is corrupt or not a Keras model: {_short(exc)}") from exc
+
+
+def find_layer_classes(config: Any, wanted: str) -> list[str]:
+    """Names of every layer of class ``wanted`` anywhere in a (nested) Keras config."""
+    found: list[str] = []
+    if isinstance(config, dict):
+        if config.get("class_name") == wanted:
+            found.append(str(config.get("config", {}).get("name", wanted)))
+        for value in config.values():
+            found.extend(find_layer_classes(value, wanted))
+    elif isinstance(config, list):
+        for item in config:
+            found.extend(find_layer_classes(item, wanted))
+    return found
+
+
+def inspect_keras(path: Path, container: str) -> Inspection:
+    config = read_keras_config(path, container)
+    lambdas = find_layer_classes(config, "Lambda")
+    if lambdas:
+        raise InvalidModel(
+            f"The model contains Lambda layer(s) {', '.join(lambdas)}. Loading a Lambda layer runs "
+            "Python code stored in the file, so Modelyard refuses it. Replace the Lambda with a "
+            "built-in layer, or upload a SavedModel export instead."
+        )
+    import tensorflow as tf
+    import tf_keras
+
+    try:
+        model = tf_keras.models.load_model(str(path), compile=False)
+    except Exception as exc:
+        raise InvalidModel(f"tf_keras could not load the model: {_short(exc)}") from exc
+
+    def spec(t: Any) -> dict[str, Any]:
+        return {"name": t.name.split(":")[0], "dtype": t.dtype.name,
+                "shape": None if t.shape.rank is None else list(t.shape.as_list())}
+    signatures = {"serving_default": {"method": PREDICT_METHOD,
+                                      "inputs": [spec(t) for t in model.inputs],
+                                      "outputs": [spec(t) for t in model.outputs]}}
+    keras_version = config.get("keras_version") if isinstance(config, dict) else None
+    return Inspection(
+        format="keras",
+        signature=_signature_doc("serving_default", signatures),
+        framework={"keras": keras_version or tf_keras.__version__, "inspected_with_tensorflow": tf.__version__},
+    )
+
+
+# --- TFLite ----------------------------------------------------------------------------------
+
+def inspect_tflite(path: Path) -> Inspection:
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
+        raise CorruptArtifact("The file is not a TFLite flatbuffer (missing the 'TFL3' identifier).")
+    import tensorflow as tf
+
+    try:
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+    except Exception as exc:
+        raise InvalidModel(f"The TFLite interpreter could not load the model: {_short(exc)}") from exc
+
+    def spec(d: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        shape = [None if s < 0 else int(s) for s in d.get("shape_signature", d["shape"])]
+        out = {"name": name or d["name"], "dtype": tf.as_dtype(d["dtype"]).name, "shape": shape}
+        scale, zero = d.get("quantization", (0.0, 0))
+        if scale:
+            out["quantization"] = {"scale": float(scale), "zero_point": int(zero)}
+        return out
+
+    signatures: dict[str, Any] = {}
+    for key, sig in interpreter.get_signature_list().items():
+        runner = interpreter.get_signature_runner(key)
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        signatures[key] = {"method": PREDICT_METHOD,
+                           "inputs": [spec(d, n) for n, d in sorted(ins.items())],
+                           "outputs": [spec(d, n) for n, d in sorted(outs.items())]}
+    if not signatures:  # converted without signatures: use the raw tensors
+        signatures["serving_default"] = {
+            "method": PREDICT_METHOD,
+            "inputs": [spec(d) for d in interpreter.get_input_details()],
+            "outputs": [spec(d) for d in interpreter.get_output_details()],
+        }
+    key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
+    return Inspection(format="tflite", signature=_signature_doc(key, signatures),
+                      framework={"inspected_with_tensorflow": tf.__version__})
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:limit]

@@ -1,0 +1,80 @@
+"""Streaming upload handling: hash while the bytes arrive, never hold a file in memory.
+
+``HashingUploadHandler`` replaces Django's default handlers (settings.FILE_UPLOAD_HANDLERS).
+It writes every uploaded file to a temporary file inside the storage root (so moving it into the
+blob store is a rename on one filesystem), computes its sha256 chunk by chunk, and stops the
+request with a 413 as soon as the configured size limit is crossed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
+
+from registry.errors import TooLarge
+
+
+def upload_limit_message(limit: int) -> str:
+    return f"The artifact is larger than the limit of {limit} bytes (MODELYARD_MAX_ARTIFACT_BYTES)."
+
+
+class HashingUploadHandler(TemporaryFileUploadHandler):
+    def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):  # type: ignore[no-untyped-def]
+        # Refuse early when the client announces a body we will never accept.
+        limit = settings.MAX_ARTIFACT_BYTES
+        if content_length and content_length > limit + 64 * 1024:
+            raise TooLarge(upload_limit_message(limit))
+        return None
+
+    def new_file(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+        super().new_file(*args, **kwargs)
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        self._size += len(raw_data)
+        if self._size > settings.MAX_ARTIFACT_BYTES:
+            self.upload_interrupted()
+            raise TooLarge(upload_limit_message(settings.MAX_ARTIFACT_BYTES))
+        self._sha256.update(raw_data)
+        self.file.write(raw_data)
+
+    def file_complete(self, file_size: int) -> TemporaryUploadedFile:
+        self.file.seek(0)
+        self.file.size = file_size
+        self.file.sha256 = self._sha256.hexdigest()  # type: ignore[attr-defined]
+        return self.file
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A complete file on local disk with its digest, ready to be inspected and stored."""
+
+    path: Path
+    filename: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def from_upload(cls, upload: UploadedFile) -> "StagedFile":
+        sha = getattr(upload, "sha256", None)
+        path = Path(upload.temporary_file_path()) if hasattr(upload, "temporary_file_path") else None
+        if sha is None or path is None:  # uploads not made by HashingUploadHandler (e.g. tests)
+            raise ValueError("Uploads must be streamed to disk by HashingUploadHandler.")
+        return cls(path=path, filename=os.path.basename(upload.name or "artifact"), sha256=sha, size=upload.size)
+
+    @classmethod
+    def from_path(cls, path: Path, filename: str | None = None) -> "StagedFile":
+        """For files already on disk (commands, jobs): hash them in chunks."""
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+                digest.update(chunk)
+        return cls(path=Path(path), filename=filename or Path(path).name, sha256=digest.hexdigest(),
+                   size=Path(path).stat().st_size)
