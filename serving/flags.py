@@ -22,6 +22,7 @@ class Flags:
     enable_model_warmup: bool = True
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60_000_000
+    enable_signature_method_name_check: bool = False
 
 
 # Real TF Serving flags that only matter on its own runtime (GPU, batching, monitoring).
@@ -30,12 +31,11 @@ IGNORED = {
     "xla_gpu_compilation_enabled", "monitoring_config_file", "rest_api_num_threads",
     "rest_api_timeout_in_ms", "tensorflow_session_parallelism",
     "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
-    "grpc_channel_arguments", "enable_signature_method_name_check", "saved_model_tags",
+    "grpc_channel_arguments", "saved_model_tags",
     "platform_config_file", "flush_filesystem_caches", "num_load_threads",
     "num_unload_threads", "model_config_file_root_dir", "enable_model_warmup_batching",
 }
-BOOL_IGNORED = {"enable_batching", "xla_gpu_compilation_enabled",
-                "enable_signature_method_name_check", "flush_filesystem_caches"}
+BOOL_IGNORED = {"enable_batching", "xla_gpu_compilation_enabled", "flush_filesystem_caches"}
 
 
 class FlagError(ValueError):

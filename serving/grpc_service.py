@@ -118,7 +118,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_handles_errors
     def Classify(self, request: classification_pb2.ClassificationRequest, context):
         servable, version = self._manager.resolve(request.model_spec)
-        result = inference.classify(servable, request.model_spec.signature_name, request.input)
+        result = inference.classify(servable, request.model_spec.signature_name, request.input,
+                                    self._manager.options.signature_method_name_check)
         return classification_pb2.ClassificationResponse(
             model_spec=effective_spec(request.model_spec.name, version,
                                       request.model_spec.signature_name),
@@ -127,7 +128,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_handles_errors
     def Regress(self, request: regression_pb2.RegressionRequest, context):
         servable, version = self._manager.resolve(request.model_spec)
-        result = inference.regress(servable, request.model_spec.signature_name, request.input)
+        result = inference.regress(servable, request.model_spec.signature_name, request.input,
+                                   self._manager.options.signature_method_name_check)
         return regression_pb2.RegressionResponse(
             model_spec=effective_spec(request.model_spec.name, version,
                                       request.model_spec.signature_name),

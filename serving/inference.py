@@ -121,18 +121,25 @@ def _output_aliases(signature: SignatureDef, output_filter) -> list[str]:
 
 # --- Classify / Regress -------------------------------------------------------------
 
-def _example_signature(servable: Servable, name: str, method: str, kind: str) -> SignatureDef:
+def _example_signature(servable: Servable, name: str, method: str, kind: str,
+                       method_check: bool) -> SignatureDef:
+    """Get{Classification,Regression}SignatureDef(): the method name is only checked
+    with --enable_signature_method_name_check (off by default, for native TF2 models)."""
     key = signature_key(name)
     signature = servable.signature_defs.get(key)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {key}")
-    if signature.method_name != method:
+    if method_check and signature.method_name != method:
         raise invalid_argument(
             f"Expected {kind} signature method_name to be {method}. "
             f"Was: {signature.method_name}")
     if len(signature.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
     return signature
+
+
+def _debug_string(signature: SignatureDef) -> str:
+    return str(signature)  # text format, like the C++ DebugString()
 
 
 def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
@@ -152,19 +159,24 @@ def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
     return np.array(rows, dtype=object)
 
 
-def classify(servable: Servable, signature_name: str,
-             request_input: input_pb2.Input) -> classification_pb2.ClassificationResult:
-    signature = _example_signature(servable, signature_name, CLASSIFY_METHOD, "classification")
+def classify(servable: Servable, signature_name: str, request_input: input_pb2.Input,
+             method_check: bool = False) -> classification_pb2.ClassificationResult:
+    """PreProcessClassification() + RunClassification() + PostProcessClassificationResult()."""
+    signature = _example_signature(servable, signature_name, CLASSIFY_METHOD,
+                                   "classification", method_check)
+    if len(signature.outputs) not in (1, 2):
+        raise invalid_argument(
+            f"Expected one or two output Tensors, found {len(signature.outputs)}")
     if "inputs" not in signature.inputs:
         raise failed_precondition(
-            f"No classification inputs found in SignatureDef: {signature}")
+            f"No classification inputs found in SignatureDef: {_debug_string(signature)}")
+    if "classes" not in signature.outputs and "scores" not in signature.outputs:
+        raise failed_precondition(
+            'Expected classification signature outputs to contain at least one of '
+            f'"classes" or "scores". Signature was: {_debug_string(signature)}')
     examples = serialized_examples(request_input)
     outputs = servable.run(signature_key(signature_name), {"inputs": examples})
     classes, scores = outputs.get("classes"), outputs.get("scores")
-    if classes is None and scores is None:
-        raise failed_precondition(
-            'Expected classification signature outputs to contain at least one of '
-            f'"classes" or "scores". Signature was: {signature}')
     result = classification_pb2.ClassificationResult()
     num_classes = (classes if classes is not None else scores).shape[1]
     for row in range(len(examples)):
@@ -178,15 +190,21 @@ def classify(servable: Servable, signature_name: str,
     return result
 
 
-def regress(servable: Servable, signature_name: str,
-            request_input: input_pb2.Input) -> regression_pb2.RegressionResult:
-    signature = _example_signature(servable, signature_name, REGRESS_METHOD, "regression")
+def regress(servable: Servable, signature_name: str, request_input: input_pb2.Input,
+            method_check: bool = False) -> regression_pb2.RegressionResult:
+    """PreProcessRegression() + run + PostProcessRegressionResult()."""
+    signature = _example_signature(servable, signature_name, REGRESS_METHOD, "regression",
+                                   method_check)
+    if len(signature.outputs) != 1:
+        raise invalid_argument("Expected one output Tensor.")
     if "inputs" not in signature.inputs:
-        raise invalid_argument(f"No regression inputs found in SignatureDef: {signature}")
+        raise invalid_argument(
+            f"No regression inputs found in SignatureDef: {_debug_string(signature)}")
+    if "outputs" not in signature.outputs:
+        raise invalid_argument(
+            f"No regression outputs found in SignatureDef: {_debug_string(signature)}")
     examples = serialized_examples(request_input)
-    values = servable.run(signature_key(signature_name), {"inputs": examples}).get("outputs")
-    if values is None:
-        raise invalid_argument(f"No regression outputs found in SignatureDef: {signature}")
+    values = servable.run(signature_key(signature_name), {"inputs": examples})["outputs"]
     result = regression_pb2.RegressionResult()
     for value in np.asarray(values).reshape(len(examples), -1)[:, 0]:
         result.regressions.add().value = float(value)

@@ -63,6 +63,7 @@ class ManagerOptions:
     file_system_poll_wait_seconds: float = 1.0
     max_num_load_retries: int = 5
     load_retry_interval_seconds: float = 60.0
+    signature_method_name_check: bool = False
 
 
 # (version_dir, prefer_tflite) -> loaded servable; warmup is run by the caller.

@@ -116,7 +116,8 @@ class RestApi:
         request_input = json_tensor.example_input(doc, "classify")
         servable, _ = self._manager.resolve(spec)
         return json_tensor.render_classification(
-            inference.classify(servable, signature_name, request_input))
+            inference.classify(servable, signature_name, request_input,
+                               self._manager.options.signature_method_name_check))
 
     def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> str:
         doc = json_tensor.parse_json(body)
@@ -125,7 +126,8 @@ class RestApi:
         request_input = json_tensor.example_input(doc, "classify")
         servable, _ = self._manager.resolve(spec)
         return json_tensor.render_regression(
-            inference.regress(servable, signature_name, request_input))
+            inference.regress(servable, signature_name, request_input,
+                              self._manager.options.signature_method_name_check))
 
 
 class _Handler(BaseHTTPRequestHandler):

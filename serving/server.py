@@ -33,8 +33,12 @@ def build_manager(flags: Flags) -> ModelManager:
         allow_labels_for_unavailable=flags.allow_version_labels_for_unavailable_models,
         file_system_poll_wait_seconds=flags.file_system_poll_wait_seconds,
         max_num_load_retries=max(0, flags.max_num_load_retries),
-        load_retry_interval_seconds=flags.load_retry_interval_micros / 1e6)
-    return ModelManager(options, loader=servable.load, warmup=warmup.run_warmup)
+        load_retry_interval_seconds=flags.load_retry_interval_micros / 1e6,
+        signature_method_name_check=flags.enable_signature_method_name_check)
+    def run_warmup(loaded: servable.Servable, version_dir: str) -> None:
+        warmup.run_warmup(loaded, version_dir, options.signature_method_name_check)
+
+    return ModelManager(options, loader=servable.load, warmup=run_warmup)
 
 
 class ModelServer:

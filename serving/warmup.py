@@ -22,7 +22,7 @@ WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_RECORDS = 1000
 
 
-def run_warmup(servable: Servable, version_dir: str) -> None:
+def run_warmup(servable: Servable, version_dir: str, method_check: bool = False) -> None:
     path = os.path.join(version_dir, WARMUP_PATH)
     if not os.path.exists(path):
         return
@@ -33,14 +33,14 @@ def run_warmup(servable: Servable, version_dir: str) -> None:
             if count > MAX_RECORDS:
                 raise invalid_argument(
                     f"Number of warmup records exceeds the maximum ({MAX_RECORDS}) at {path}")
-            _replay(servable, raw.numpy())
+            _replay(servable, raw.numpy(), method_check)
     except tf.errors.OpError as exc:  # unreadable / corrupt TFRecord
         raise invalid_argument(exc.message) from exc
     log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
              path, count)
 
 
-def _replay(servable: Servable, record: bytes) -> None:
+def _replay(servable: Servable, record: bytes, method_check: bool) -> None:
     entry = prediction_log_pb2.PredictionLog()
     entry.ParseFromString(record)
     kind = entry.WhichOneof("log_type")
@@ -50,9 +50,11 @@ def _replay(servable: Servable, record: bytes) -> None:
                           request_inputs(request), list(request.output_filter))
     elif kind == "classify_log":
         request = entry.classify_log.request
-        inference.classify(servable, request.model_spec.signature_name, request.input)
+        inference.classify(servable, request.model_spec.signature_name, request.input,
+                           method_check)
     elif kind == "regress_log":
         request = entry.regress_log.request
-        inference.regress(servable, request.model_spec.signature_name, request.input)
+        inference.regress(servable, request.model_spec.signature_name, request.input,
+                          method_check)
     else:
         raise invalid_argument(f"Unsupported log_type for warmup: {kind}")
