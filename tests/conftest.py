@@ -37,9 +37,12 @@ def storage_root(settings, tmp_path_factory) -> Iterator[Path]:  # type: ignore[
 def _append_only_guards(request):  # type: ignore[no-untyped-def]
     """Transactional tests empty every table afterwards, which the audit log's DELETE trigger
     refuses; lift the guard for that flush only, and make sure it is in place for every test."""
-    if "transactional_db" not in request.fixturenames and "live_server" not in request.fixturenames:
+    marker = request.node.get_closest_marker("django_db")
+    transactional = bool(marker and (marker.kwargs.get("transaction") or (marker.args and marker.args[0])))
+    if not (transactional or "live_server" in request.fixturenames):
         yield
         return
+    request.getfixturevalue("_django_db_helper")  # set up first, so its flush runs after our teardown
     from django.db import connection
 
     from registry import db_guards
