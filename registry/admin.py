@@ -61,7 +61,10 @@ class ServiceAdminMixin:
         """Writes already happened in the service; nothing to save here."""
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        """Tags are set by the service."""
+        """Tags are set by the service; inlines here are read-only, so nothing is committed
+        (save(commit=False) only records what the admin's change message asks for)."""
+        for formset in formsets:
+            formset.save(commit=False)
 
 
 # --- Registered models -----------------------------------------------------------------------
