@@ -6,6 +6,7 @@ device files, a bounded member count, and a bounded total unpacked size and comp
 """
 from __future__ import annotations
 
+import lzma
 import shutil
 import stat
 import tarfile
@@ -82,6 +83,9 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> None:
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
                     raise UnsafeArchive(f"Archive member {info.filename!r} is a symbolic link; links are not allowed.")
+                if info.flag_bits & 0x1:
+                    raise CorruptArtifact(f"Archive member {info.filename!r} is encrypted; upload an archive "
+                                          "without a password.")
                 members.append((info, safe_member_path(info.filename)))
             budget = _Budget(limits, archive.stat().st_size)
             for info, rel in members:
@@ -91,10 +95,13 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> None:
                     continue
                 with zf.open(info) as src:
                     _copy(src, target, budget)
-    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError) as exc:
-        raise CorruptArtifact(f"The zip archive is corrupt or truncated: {exc}") from exc
     except FileExistsError as exc:
         raise UnsafeArchive(f"The archive contains the same path twice: {exc.filename}") from exc
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError, zlib_error(),
+            lzma.LZMAError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # a real I/O error on our side (e.g. disk full); bz2 reports bad data without errno
+        raise CorruptArtifact(f"The zip archive is corrupt or truncated: {exc}") from exc
 
 
 def extract_tar(archive: Path, dest: Path, limits: Limits) -> None:
@@ -120,7 +127,7 @@ def extract_tar(archive: Path, dest: Path, limits: Limits) -> None:
                     _copy(src, dest / rel, budget)
                 else:
                     raise UnsafeArchive(f"Archive member {member.name!r} is a device, fifo or other special file.")
-    except (tarfile.TarError, EOFError, OSError, zlib_error()) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib_error(), lzma.LZMAError) as exc:
         if isinstance(exc, FileExistsError):
             raise UnsafeArchive(f"The archive contains the same path twice: {exc.filename}") from exc
         raise CorruptArtifact(f"The tar archive is corrupt or truncated: {exc}") from exc

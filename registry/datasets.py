@@ -2,7 +2,9 @@
 shaped and typed the way the chosen model version's serving signature expects."""
 from __future__ import annotations
 
+import lzma
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,11 @@ def read_npz(path: Path, limits: Limits | None = None) -> dict[str, np.ndarray]:
             infos = zf.infolist()
             names = {i.filename.removesuffix(".npy") for i in infos}
             unpacked = sum(i.file_size for i in infos)
+            encrypted = [i.filename for i in infos if i.flag_bits & 0x1]
     except zipfile.BadZipFile as exc:
         raise CorruptArtifact(f"The dataset is not a valid .npz file: {exc}") from exc
+    if encrypted:
+        raise CorruptArtifact(f"The dataset .npz has encrypted members {encrypted}; save it with np.savez.")
     if unpacked > limits.max_unpacked_bytes:
         raise UnsafeArchive(f"The dataset unpacks to {unpacked} bytes, over the {limits.max_unpacked_bytes} limit.")
     if "x" not in names:
@@ -32,15 +37,22 @@ def read_npz(path: Path, limits: Limits | None = None) -> dict[str, np.ndarray]:
         raise DatasetMismatch(f"The .npz may only contain arrays 'x' and 'y'; unexpected: {sorted(extra)}.")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in sorted(names)}
+            arrays = {name: npz[name] for name in sorted(names)}
     except ValueError as exc:
+        if "allow_pickle" not in str(exc):  # e.g. "EOF: reading array data": a damaged .npy
+            raise CorruptArtifact(f"The dataset .npz is corrupt: {exc}") from exc
         # numpy says "Object arrays cannot be loaded when allow_pickle=False"
         raise DatasetMismatch(
             "The dataset contains pickled Python objects, which Modelyard never loads (they can run code). "
             "Save plain numeric arrays with np.savez."
         ) from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise CorruptArtifact(f"The dataset .npz is corrupt: {exc}") from exc
+    # np.load returns the raw bytes of a member that lacks the .npy header.
+    not_npy = sorted(name for name, value in arrays.items() if not isinstance(value, np.ndarray))
+    if not_npy:
+        raise CorruptArtifact(f"The dataset .npz is corrupt: {not_npy} are not .npy arrays. Save it with np.savez.")
+    return arrays
 
 
 def describe(arrays: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -6,9 +6,11 @@ TensorFlow is imported lazily: the web process only pays for it when a model is 
 from __future__ import annotations
 
 import json
+import lzma
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -170,7 +172,9 @@ def read_keras_config(path: Path, container: str) -> dict[str, Any]:
                 return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         with zipfile.ZipFile(path) as zf:
             return json.loads(zf.read("config.json"))
-    except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, RuntimeError, zlib.error,
+            lzma.LZMAError) as exc:
+        # ValueError: bad JSON or UTF-8; TypeError: config not a string; RuntimeError: encrypted zip
         raise CorruptArtifact(f"The Keras file is corrupt or not a Keras model: {_short(exc)}") from exc
 
 
