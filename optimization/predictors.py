@@ -278,8 +278,11 @@ class TFLitePredictor(Predictor):
         if q is None:
             return np.asarray(x).astype(self.input_dtype, copy=False)
         info = np.iinfo(self.input_dtype)
-        quantized = np.round(np.asarray(x, dtype=np.float32) / q.scale) + q.zero_point
-        return np.clip(quantized, info.min, info.max).astype(self.input_dtype)
+        quantized = np.asarray(x, dtype=np.float32) * np.float32(1.0 / q.scale)
+        quantized += q.zero_point
+        np.rint(quantized, out=quantized)
+        np.clip(quantized, info.min, info.max, out=quantized)
+        return quantized.astype(self.input_dtype)
 
     def _invoke(self, interpreter: Any, x: np.ndarray) -> np.ndarray:
         interpreter.set_tensor(self._input["index"], x)
