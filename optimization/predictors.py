@@ -21,9 +21,10 @@ Weight arrays per format (an approximation; counts differ legitimately across fo
   the flatbuffer, whose dtype is floating point or which carry quantization parameters (so int32
   shape / axis constants are skipped, quantized int32 biases are kept), of rank >= 1, and that
   ``interpreter.get_tensor`` can read. Quantized tensors are dequantized (per-tensor or per-axis).
-  The converter folds BatchNorm into kernels, may transpose kernels, and may keep both a float and
-  a quantized copy in rare hybrid cases, so parameter counts are close to but not exactly the
-  Keras ones.
+  Float16 weights are read as stored (fp16, cast to float32). The converter folds BatchNorm into
+  kernels, transposes Dense kernels to [out, in], drops all-zero biases and may keep both a float
+  and a quantized copy in rare hybrid cases, so parameter counts are close to, not always equal
+  to, the Keras ones (equal for a plain trained Dense stack).
 
 No Django here; not thread-safe.
 """
