@@ -67,8 +67,9 @@ class SavedModelServable:
         return {name: value.numpy() for name, value in outputs.items()}
 
     def close(self) -> None:
-        self._functions.clear()
-        self._model = None
+        # Nothing to tear down eagerly: requests that resolved this version before the
+        # unload still hold a reference (TF Serving's ServableHandle); GC frees it after.
+        pass
 
 
 def _read_signature_defs(path: str) -> dict[str, SignatureDef]:
@@ -144,7 +145,7 @@ class TFLiteServable:
         return sig
 
     def close(self) -> None:
-        self._interpreter = None
+        pass  # see SavedModelServable.close: in-flight requests keep the interpreter alive
 
 
 def _fill_tensor_info(info: meta_graph_pb2.TensorInfo, detail: dict) -> None:

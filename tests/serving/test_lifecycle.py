@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-import time
 
 import grpc
+import requests
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -129,7 +129,7 @@ def test_safe_label_move_via_reload(server, artifacts, repo):
     reload(server, config_text(entry("labelled", base, both + " version_labels { key: 'stable' value: 2 }")))
     assert served_version(server, "labelled", label="stable") == 2
     assert served_version(server, "labelled", version=1) == 1
-    import requests
+
     rest = requests.post(server.rest + "/v1/models/labelled/labels/stable:predict",
                          json={"instances": X.tolist()}, timeout=30)
     assert rest.status_code == 200, rest.text

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from google.protobuf import text_format
 from tensorflow.core.example import example_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
-    classification_pb2, get_model_metadata_pb2, get_model_status_pb2, regression_pb2)
+    classification_pb2, get_model_metadata_pb2, regression_pb2)
 
 from serving_contract import assert_rpc_error, predict_request, write_config
 

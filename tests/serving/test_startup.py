@@ -1,11 +1,9 @@
 """Command line and startup behaviour: flags, empty/missing config, labels at startup."""
 from __future__ import annotations
 
-import time
 
 import grpc
 import numpy as np
-import pytest
 from google.protobuf import text_format
 from tensorflow_serving.apis import model_management_pb2
 
