@@ -140,9 +140,9 @@ def escape_targets(storage_root: Path, name: str) -> list[Path]:
             storage_root.parent.parent / name, Path("/tmp") / name]
 
 
-def post_dataset(api, name: str, path: Path, **fields):  # type: ignore[no-untyped-def]
+def post_dataset(api, model: str, path: Path, **fields):  # type: ignore[no-untyped-def]
     with open(path, "rb") as fh:
-        return api.post(f"/api/v1/models/{name}/datasets/", {"file": fh, **fields}, format="multipart")
+        return api.post(f"/api/v1/models/{model}/datasets/", {"file": fh, **fields}, format="multipart")
 
 
 def npz_file(tmp_path: Path, filename: str = "data.npz", **arrays: np.ndarray) -> Path:
