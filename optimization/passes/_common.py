@@ -182,6 +182,8 @@ def final_activation(model: Any) -> str | None:
     """'softmax' / 'sigmoid' / 'linear' / ... of the model's output, if it can be seen."""
     k = keras()
     last = model.layers[-1]
+    while hasattr(last, "layer") and isinstance(last.layer, k.layers.Layer):  # tfmot wrappers
+        last = last.layer
     if isinstance(last, k.layers.Softmax):
         return "softmax"
     act = getattr(last, "activation", None)
@@ -209,9 +211,12 @@ def loss_and_metrics(model: Any, ctx: PassContext, y: np.ndarray) -> tuple[Any, 
                     f"the model's task is {ctx.task!r}")
 
 
-def compile_for_task(model: Any, ctx: PassContext, y: np.ndarray, learning_rate: float) -> None:
+def compile_for_task(model: Any, ctx: PassContext, y: np.ndarray, learning_rate: float,
+                     reference: Any = None) -> None:
+    """Compile with the task's loss; ``reference`` is the unwrapped source model whose output
+    activation decides from_logits (tfmot wrappers hide it)."""
     k = keras()
-    loss, metrics = loss_and_metrics(model, ctx, y)
+    loss, metrics = loss_and_metrics(reference if reference is not None else model, ctx, y)
     model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate), loss=loss, metrics=metrics)
 
 

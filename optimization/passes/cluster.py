@@ -66,7 +66,7 @@ class Cluster(Pass):
                             "only supports tf_keras (Keras 2) Sequential/functional models")
         if params["epochs"] > 0:
             train = c.require_data(self.name, ctx.train, "train")
-            c.compile_for_task(clustered, ctx, train.y, params["learning_rate"])
+            c.compile_for_task(clustered, ctx, train.y, params["learning_rate"], reference=source)
             c.fit(clustered, ctx, params, self.name)
         stripped = tfmot.clustering.keras.strip_clustering(clustered)
         n = params["number_of_clusters"]

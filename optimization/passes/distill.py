@@ -38,6 +38,23 @@ def _output_layer_names(model: Any) -> set[str]:
     return {t._keras_history.layer.name for t in model.outputs}  # noqa: SLF001
 
 
+def _head_layer_names(model: Any) -> set[str]:
+    """The output layers plus, behind a weightless output (Softmax/Activation/Dropout...), the layer
+    that sets the number of classes: their widths must not change."""
+    k = c.keras()
+    names: set[str] = set()
+    for t in model.outputs:
+        layer = t._keras_history.layer  # noqa: SLF001
+        names.add(layer.name)
+        while not layer.weights and not isinstance(layer, k.layers.InputLayer):
+            inp = layer.input
+            if isinstance(inp, (list, tuple)) or not hasattr(inp, "_keras_history"):
+                break
+            layer = inp._keras_history.layer  # noqa: SLF001
+            names.add(layer.name)
+    return names
+
+
 def _layer_configs(config: dict) -> list[dict]:
     return config["layers"]
 
@@ -45,7 +62,7 @@ def _layer_configs(config: dict) -> list[dict]:
 def scaled_config(model: Any, width: float) -> dict:
     """The model's config with every hidden Dense/Conv/RNN width scaled (min 1); output kept."""
     config = copy.deepcopy(model.get_config())
-    outputs = _output_layer_names(model)
+    outputs = _head_layer_names(model)
     for layer in _layer_configs(config):
         cfg = layer["config"]
         layer.pop("build_config", None)  # input shapes change with the widths

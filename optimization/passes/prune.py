@@ -59,7 +59,7 @@ class Prune(Pass):
             pruned = sp.prune_low_magnitude(work, pruning_schedule=schedule)
         except ValueError as exc:
             raise PassError(f"{self.name}: tfmot cannot prune this model: {exc}") from exc
-        c.compile_for_task(pruned, ctx, train.y, params["learning_rate"])
+        c.compile_for_task(pruned, ctx, train.y, params["learning_rate"], reference=source)
         ctx.log(f"{self.name}: {params['initial_sparsity']:.2f}→{params['sparsity']:.2f} over "
                 f"{end_step} steps (mask update every {frequency})")
         c.fit(pruned, ctx, params, self.name, callbacks=[sp.UpdatePruningStep()])

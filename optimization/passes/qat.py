@@ -54,7 +54,7 @@ class QAT(Pass):
             qmodel = _quantize(work, params["scheme"])
         except (ValueError, RuntimeError) as exc:
             raise PassError(f"{self.name}: tfmot cannot quantize this model: {exc}") from exc
-        c.compile_for_task(qmodel, ctx, train.y, params["learning_rate"])
+        c.compile_for_task(qmodel, ctx, train.y, params["learning_rate"], reference=source)
         c.fit(qmodel, ctx, params, self.name, span=0.85)
         converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
