@@ -261,8 +261,9 @@ def kernel_weights(model: Any) -> list[tuple[str, np.ndarray]]:
 # ----------------------------------------------------------------------------- tflite
 
 
-def tflite_constant_tensors(tflite_bytes: bytes) -> list[dict[str, Any]]:
-    """Constant (weight) tensors of a TFLite flatbuffer: name, dtype name, number of elements."""
+def tflite_constant_tensors(tflite_bytes: bytes, with_data: bool = False) -> list[dict[str, Any]]:
+    """Constant (weight) tensors of a TFLite flatbuffer: name, dtype name, number of elements
+    (and the raw bytes as ``data`` when asked)."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
@@ -279,7 +280,9 @@ def tflite_constant_tensors(tflite_bytes: bytes) -> list[dict[str, Any]]:
             shape = list(t.shape) if t.shape is not None else []
             out.append({"name": t.name.decode() if isinstance(t.name, bytes) else str(t.name),
                         "dtype": type_names.get(t.type, str(t.type)).lower(),
-                        "elements": int(np.prod(shape)) if shape else 1, "shape": shape})
+                        "elements": int(np.prod(shape)) if shape else 1, "shape": shape,
+                        **({"data": bytes(bytearray(buf.data))} if with_data and buf.data is not None
+                           else {})})
     return out
 
 

@@ -59,8 +59,13 @@ class Finetune(Pass):
         frozen = layers[:head_idx]
         for i, layer in enumerate(frozen):
             layer.trainable = i >= len(frozen) - params["unfreeze"]
-        new_head = k.layers.Dense(n_classes, activation="softmax", name=head.name)
-        out = new_head(k.layers.Flatten()(features) if len(features.shape) > 2 else features)
+        h = k.layers.Flatten()(features) if len(features.shape) > 2 else features
+        trailing = layers[head_idx + 1:]
+        if trailing and all(isinstance(t, (k.layers.Softmax, k.layers.Activation)) for t in trailing):
+            # Dense → Softmax layer: keep both names so the serving outputs keep their key.
+            out = k.layers.Softmax(name=trailing[-1].name)(k.layers.Dense(n_classes, name=head.name)(h))
+        else:
+            out = k.layers.Dense(n_classes, activation="softmax", name=head.name)(h)
         tuned = k.Model(base.inputs, out, name=base.name)
         ctx.checkpoint(0.0, f"{self.name}: training the new head ({n_classes} classes)")
         tuned.compile(optimizer=k.optimizers.Adam(params["learning_rate"]),

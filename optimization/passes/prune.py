@@ -25,7 +25,7 @@ class Prune(Pass):
         "sparsity": c.Param(float, 0.8, lo=0, hi=1, lo_open=True, hi_open=True),
         "initial_sparsity": c.Param(float, optional=True, lo=0, hi=1, hi_open=True),
         **c.TRAINING_PARAMS,
-        "learning_rate": c.Param(float, 1e-4, lo=0, hi=10, lo_open=True),
+        "learning_rate": c.Param(float, 1e-3, lo=0, hi=10, lo_open=True),  # tutorial: Adam default
     }
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def test_named_pipelines_and_auto_candidates_parse() -> None:
     assert required_data(parse_recipe("prune_int8")) == {"train", "calibration"}
     one = parse_recipe({"technique": "prune", "params": {"sparsity": 0.6}})
     assert one[0][1] == {"sparsity": 0.6, "initial_sparsity": 0.5, "epochs": 2, "batch_size": 32,
-                         "learning_rate": 1e-4}
+                         "learning_rate": 1e-3}
 
 
 @pytest.mark.parametrize(("recipe", "message"), [
@@ -289,6 +289,11 @@ def test_qat_default(handle, ctx, data, workdir, baseline) -> None:  # type: ign
 def test_pqat_keeps_sparsity_and_chains(pruned, ctx, data, workdir, baseline) -> None:  # type: ignore[no-untyped-def]
     out = PASSES["qat"].run(pruned, {"scheme": "pqat", "epochs": 1}, ctx)
     assert out.kind == "tflite"
+    kernels = [t for t in tflite_constant_tensors(out.tflite_bytes, with_data=True)
+               if len(t["shape"]) == 2 and t["dtype"] == "int8"]
+    assert len(kernels) == 3
+    for t in kernels:  # symmetric int8 weights: a pruned zero stays a zero byte
+        assert np.mean(np.frombuffer(t["data"], np.int8) == 0) >= 0.79, t["name"]
     acc, _ = record("prune 80% + pqat", out, data, workdir, baseline)
     assert acc >= baseline[0] - 0.08
 
@@ -341,6 +346,16 @@ def test_distill_cnn_with_softmax_layer_and_uploaded_student(data, workdir) -> N
     again = PASSES["distill"].run(ModelHandle(kind="keras", keras_model=student), {"epochs": 1}, cctx)
     assert count_params(again.keras_model) == count_params(student)
     assert "uploaded student" in again.notes[-1]
+    # finetune keeps the Dense → Softmax structure and both names
+    tuned = PASSES["finetune"].run(ModelHandle(kind="keras", keras_model=cnn), {"epochs": 1}, cctx)
+    assert tuned.keras_model.output_names == ["probs"]
+    assert isinstance(tuned.keras_model.get_layer("logits"), type(cnn.get_layer("logits")))
+    assert not tuned.keras_model.get_layer("conv1").trainable
+    # fp16 on a conv net: float16 convs, float32 output
+    half = PASSES["fp16"].run(ModelHandle(kind="keras", keras_model=cnn), {}, cctx)
+    assert half.keras_model.get_layer("conv1").kernel.dtype.name == "float16"
+    np.testing.assert_allclose(half.keras_model.predict(data.eval.x[:20], verbose=0),
+                               cnn.predict(data.eval.x[:20], verbose=0), atol=2e-2)
 
 
 def test_distill_refuses_regression(data, workdir) -> None:  # type: ignore[no-untyped-def]
