@@ -266,6 +266,15 @@ def test_keras3_model_is_refused(ctx) -> None:  # type: ignore[no-untyped-def]
             PASSES[name].run(k3, {"epochs": 1} if name != "fp16" else {}, ctx)
 
 
+def test_non_keras_objects_are_refused(ctx, workdir) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PassError, match=r"needs a tf_keras \(Keras 2\) model, got builtins.object"):
+        PASSES["prune"].run(ModelHandle(kind="keras", keras_model=object()), {}, ctx)
+    path = workdir / "k3.keras"
+    tiny.keras3_model().save(path)  # a Keras 3 file cannot be loaded by tf_keras either
+    with pytest.raises(PassError, match="must be re-saved with tf_keras"):
+        modelio.load_handle(path, "keras")
+
+
 def test_cluster_weights_returning_none_is_an_error(handle, ctx, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from optimization.passes import cluster
 
@@ -393,6 +402,14 @@ def test_fp16(handle, ctx, data, workdir, baseline) -> None:  # type: ignore[no-
     assert pred.dtype == np.float32 and model.inputs[0].dtype.name == "float32"
     np.testing.assert_allclose(pred, handle.keras_model.predict(data.eval.x[:50], verbose=0), atol=1e-2)
     record("fp16 (keras)", out, data, workdir, baseline)
+    import tensorflow as tf
+
+    path, _ = modelio.export_handle(out, workdir / "fp16_export")
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(workdir / "fp16_sm")
+    sig = tf.saved_model.load(str(workdir / "fp16_sm")).signatures["serving_default"]
+    assert sig.structured_input_signature[1]["pixels"].dtype == tf.float32
+    assert sig.structured_outputs["probs"].dtype == tf.float32
     mixed = PASSES["fp16"].run(handle, {"mode": "mixed_float16"}, ctx)
     assert mixed.keras_model.layers[0].compute_dtype == "float16"
     assert mixed.keras_model.layers[-1].compute_dtype == "float32"
