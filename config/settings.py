@@ -84,7 +84,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": VAR_DIR / "modelyard.sqlite3",
+            "NAME": env_str("MODELYARD_SQLITE_PATH") or VAR_DIR / "modelyard.sqlite3",
             "OPTIONS": {
                 # IMMEDIATE takes the write lock when a transaction starts, so two uploads that
                 # allocate a version number serialize instead of failing with "database is locked".
@@ -92,7 +92,9 @@ else:
                 "timeout": 30,
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
-            "TEST": {"NAME": str(VAR_DIR / "test.sqlite3")},
+            # A file (not :memory:) so worker processes started by tests can share it; one per
+            # test run so concurrent runs do not delete each other's database.
+            "TEST": {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -164,6 +166,9 @@ TASKS = {
         "QUEUES": ["default", "gpu"],
     }
 }
+
+# A running optimization job whose worker sent no heartbeat for this long is marked failed.
+OPTIMIZATION_HEARTBEAT_TIMEOUT = env_int("MODELYARD_JOB_HEARTBEAT_TIMEOUT", 120, minimum=2)
 
 LOGGING = {
     "version": 1,

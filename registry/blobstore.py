@@ -9,10 +9,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
+from django.conf import settings
 from django.core.files.storage import FileSystemStorage, storages
 
 from registry.errors import IntegrityFailure, NotFound
@@ -35,10 +35,14 @@ class BlobStorage(FileSystemStorage):
         """Store the staged file under its digest. Returns True if this call created the blob.
 
         A hard link is atomic and never replaces an existing name, so two uploads of the same
-        bytes cannot clobber each other; the staged temporary file is left for its owner to remove.
+        bytes cannot clobber each other. Only files staged in the upload directory (which this
+        process owns and deletes) are linked; any other file is copied first, so a caller that later
+        rewrites its file cannot change a stored blob.
         """
         target = self.blob_path(sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not _is_staged_upload(staged_path):
+            return self._put_copy(staged_path, target, sha256)
         try:
             os.link(staged_path, target)
         except FileExistsError:
@@ -46,19 +50,31 @@ class BlobStorage(FileSystemStorage):
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            return self._put_across_filesystems(staged_path, target)
+            return self._put_copy(staged_path, target, sha256)
         os.chmod(target, 0o440)
         return True
 
-    def _put_across_filesystems(self, staged_path: Path, target: Path) -> bool:
-        """Files staged elsewhere (commands, jobs): copy next to the blobs first, then link."""
+    def _put_copy(self, staged_path: Path, target: Path, sha256: str) -> bool:
+        """Copy next to the blobs first (fsynced), then link into place."""
+        if target.exists():
+            return False
         fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
         try:
+            digest = hashlib.sha256()
             with os.fdopen(fd, "wb") as out, open(staged_path, "rb") as src:
-                shutil.copyfileobj(src, out, CHUNK)
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            return self.put(Path(tmp_name), target.name)
+            if digest.hexdigest() != sha256:  # the file changed after it was hashed
+                raise IntegrityFailure(f"{staged_path.name} changed while it was being stored; nothing was stored.")
+            try:
+                os.link(tmp_name, target)
+            except FileExistsError:
+                return False
+            os.chmod(target, 0o440)
+            return True
         finally:
             os.unlink(tmp_name)
 
@@ -89,6 +105,11 @@ class BlobStorage(FileSystemStorage):
                 "the blob store is damaged."
             )
         return path
+
+
+def _is_staged_upload(path: Path) -> bool:
+    upload_dir = Path(settings.FILE_UPLOAD_TEMP_DIR).resolve()
+    return Path(path).resolve().parent == upload_dir
 
 
 def artifact_store() -> BlobStorage:

@@ -60,32 +60,45 @@ def describe(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def check_against_signature(arrays: dict[str, np.ndarray], signature: dict[str, Any]) -> None:
-    """``x`` must fit the first input: same rank, same known trailing dims, castable dtype."""
-    x = arrays["x"]
-    if x.ndim == 0 or x.shape[0] == 0:
+    described = {name: {"shape": list(a.shape), "dtype": a.dtype} for name, a in arrays.items()}
+    check_shape_against_signature(described, signature)
+
+
+def check_shape_against_signature(described: dict[str, Any], signature: dict[str, Any]) -> None:
+    """``x`` must fit the first input: same rank, same known trailing dims, castable dtype.
+
+    Works on ``describe()`` output (shapes and dtypes), so a stored dataset can be checked against
+    another version without loading its arrays."""
+    x_shape = list(described["x"]["shape"])
+    try:
+        x_dtype = np.dtype(described["x"]["dtype"])
+    except TypeError:  # a stored name numpy cannot parse back (e.g. "str96"): not numeric anyway
+        raise DatasetMismatch(f"'x' has dtype {described['x']['dtype']}, which is not numeric.") from None
+    if not x_shape or x_shape[0] == 0:
         raise DatasetMismatch("Array 'x' must have at least one example (first axis).")
-    if "y" in arrays and arrays["y"].shape[:1] != x.shape[:1]:
-        raise DatasetMismatch(f"'x' has {x.shape[0]} examples but 'y' has {arrays['y'].shape[0] if arrays['y'].ndim else 0}.")
+    if "y" in described and described["y"]["shape"][:1] != x_shape[:1]:
+        y_len = described["y"]["shape"][0] if described["y"]["shape"] else 0
+        raise DatasetMismatch(f"'x' has {x_shape[0]} examples but 'y' has {y_len}.")
     inputs = signature.get("inputs") or []
     if len(inputs) != 1:
         raise DatasetMismatch(f"The version's signature has {len(inputs)} inputs; datasets support single-input models.")
     spec = inputs[0]
     expected = spec.get("shape")
     if expected is not None:
-        if len(expected) != x.ndim:
+        if len(expected) != len(x_shape):
             raise DatasetMismatch(
-                f"'x' has shape {list(x.shape)} (rank {x.ndim}) but input '{spec['name']}' expects rank "
+                f"'x' has shape {x_shape} (rank {len(x_shape)}) but input '{spec['name']}' expects rank "
                 f"{len(expected)}, shape {_fmt_shape(expected)}."
             )
-        for axis, (want, got) in enumerate(zip(expected[1:], x.shape[1:]), start=1):
+        for axis, (want, got) in enumerate(zip(expected[1:], x_shape[1:]), start=1):
             if want is not None and want != got:
                 raise DatasetMismatch(
-                    f"'x' has shape {list(x.shape)} but input '{spec['name']}' expects {_fmt_shape(expected)} "
+                    f"'x' has shape {x_shape} but input '{spec['name']}' expects {_fmt_shape(expected)} "
                     f"(axis {axis}: {got} != {want})."
                 )
     target = np.dtype(_numpy_dtype(spec["dtype"]))
-    if not np.can_cast(x.dtype, target, casting="same_kind"):
-        raise DatasetMismatch(f"'x' has dtype {x.dtype.name}, which cannot be cast to the input's {target.name}.")
+    if not np.can_cast(x_dtype, target, casting="same_kind"):
+        raise DatasetMismatch(f"'x' has dtype {x_dtype.name}, which cannot be cast to the input's {target.name}.")
 
 
 def _fmt_shape(shape: list[int | None]) -> str:

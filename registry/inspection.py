@@ -145,7 +145,10 @@ def inspect_saved_model_dir(model_dir: Path) -> Inspection:
     return Inspection(
         format="saved_model",
         signature=_signature_doc("serving_default", signatures),
-        framework={"tensorflow": written_with or None, "inspected_with_tensorflow": tf.__version__},
+        framework={"tensorflow": written_with or None, "inspected_with_tensorflow": tf.__version__,
+                   # Written by tf_keras (model.save): it reloads as a Keras model, so training-based
+                   # optimizations (prune, cluster, QAT, distill) can apply to it.
+                   "keras_saved_model": (model_dir / "keras_metadata.pb").is_file()},
     )
 
 

@@ -52,7 +52,7 @@ class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
         return self.filter(status=ModelVersion.Status.READY)
 
     def with_related(self) -> "ModelVersionQuerySet":
-        return self.select_related("model", "parent", "created_by").prefetch_related("tags", "aliases")
+        return self.select_related("model", "parent", "created_by").prefetch_related("tags", "aliases", "metrics__reference")
 
 
 class ModelVersion(models.Model):

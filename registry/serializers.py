@@ -114,12 +114,18 @@ class VersionOutput(serializers.ModelSerializer):
     tags = TagNamesField()
     aliases = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.get_username")
+    metrics = serializers.SerializerMethodField(help_text="Harness measurements, one per eval dataset.")
 
     class Meta:
         model = ModelVersion
         fields = ["model", "version", "format", "sha256", "size_bytes", "filename", "signature", "framework",
                   "parent", "source", "status", "description", "metadata", "tags", "aliases", "created_by",
-                  "created_at"]
+                  "created_at", "metrics"]
+
+    def get_metrics(self, obj: ModelVersion) -> list[dict[str, Any]]:
+        from optimization.serializers import MetricsOutput  # optimization builds on the registry
+
+        return MetricsOutput(obj.metrics.all(), many=True).data
 
     def get_aliases(self, obj: ModelVersion) -> list[str]:
         return sorted(a.name for a in obj.aliases.all())

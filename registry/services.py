@@ -119,14 +119,23 @@ def version_create(
         return _insert_version(model=model, staged=staged, found=found, actor=actor, description=description,
                                metadata=metadata or {}, tag_names=tag_names, parent=parent, source=source)
     except BaseException:
-        if created_blob and not _blob_referenced(staged.sha256):
-            store.discard(staged.sha256)
+        if created_blob:
+            discard_blob_if_unreferenced(staged.sha256)
         raise
 
 
 def _blob_referenced(sha256: str) -> bool:
+    from optimization.models import VersionMetrics  # outputs blobs of metrics runs
+
     return (ModelVersion.objects.filter(artifact_sha256=sha256).exists()
-            or Dataset.objects.filter(sha256=sha256).exists())
+            or Dataset.objects.filter(sha256=sha256).exists()
+            or VersionMetrics.objects.filter(outputs_sha256=sha256).exists())
+
+
+def discard_blob_if_unreferenced(sha256: str) -> None:
+    """After a rolled-back write: remove a blob no committed row points at."""
+    if not _blob_referenced(sha256):
+        artifact_store().discard(sha256)
 
 
 def _insert_version(*, model: RegisteredModel, staged: StagedFile, found: inspection.Inspection,
@@ -254,8 +263,8 @@ def dataset_create(
                                 "arrays": dataset.arrays})
             return dataset
     except BaseException:
-        if created_blob and not _blob_referenced(staged.sha256):
-            store.discard(staged.sha256)
+        if created_blob:
+            discard_blob_if_unreferenced(staged.sha256)
         raise
 
 

@@ -65,7 +65,7 @@ def _user(django_user_model, username: str, perms: list[str], **extra):  # type:
 ENGINEER_PERMS = [
     "registry.add_registeredmodel", "registry.change_registeredmodel", "registry.add_modelversion",
     "registry.change_modelversion", "registry.change_modelalias", "registry.delete_modelalias",
-    "registry.add_dataset",
+    "registry.add_dataset", "optimization.add_optimizationjob", "optimization.change_optimizationjob",
 ]
 
 

@@ -1,0 +1,91 @@
+"""Admin: jobs with status and progress; cancellation calls the same service as the API."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from optimization import services
+from optimization.models import OptimizationJob, VersionMetrics
+from registry.errors import RegistryError
+
+
+@admin.register(OptimizationJob)
+class OptimizationJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "source", "recipe_label", "status", "progress_bar", "stage", "variant", "created_by",
+                    "created_at"]
+    list_filter = ["status", "source__model"]
+    list_select_related = ["source__model", "variant__model", "created_by"]
+    search_fields = ["source__model__name", "message", "error"]
+    actions = ["cancel_jobs"]
+    fieldsets = [
+        (None, {"fields": ["source", "recipe_display", "status", "progress", "stage", "message", "error"]}),
+        ("Datasets", {"fields": ["train_dataset", "eval_dataset", "calibration_dataset"]}),
+        ("Result", {"fields": ["variant", "candidates_display"]}),
+        ("Run", {"fields": ["created_by", "created_at", "started_at", "finished_at", "heartbeat_at", "worker",
+                            "cancel_requested", "log"]}),
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f for fs in self.fieldsets for f in fs[1]["fields"]]
+
+    @admin.display(description="Recipe")
+    def recipe_label(self, job: OptimizationJob) -> str:
+        return job.recipe_label
+
+    @admin.display(description="Progress")
+    def progress_bar(self, job: OptimizationJob) -> str:
+        return format_html('<progress max="100" value="{}"></progress> {}%', job.progress, round(job.progress))
+
+    @admin.display(description="Recipe")
+    def recipe_display(self, job: OptimizationJob) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(job.recipe, indent=2))
+
+    @admin.display(description="Candidates (auto)")
+    def candidates_display(self, job: OptimizationJob) -> str:
+        rows = [format_html("<li><b>{}</b>: {}</li>", c.get("label"), c.get("outcome", "")) for c in job.candidates]
+        return format_html("<ul>{}</ul>", format_html("".join(rows))) if rows else "—"
+
+    @admin.action(description="Cancel selected jobs", permissions=["change"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[OptimizationJob]) -> None:
+        for job in queryset:
+            try:
+                services.job_cancel(job=job, actor=request.user)
+            except RegistryError as exc:
+                self.message_user(request, f"Job {job.pk}: {exc.message}", messages.WARNING)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # jobs start from the API or pages, through services.job_create
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(VersionMetrics)
+class VersionMetricsAdmin(admin.ModelAdmin):
+    list_display = ["version", "eval_dataset", "reference", "accuracy", "gzipped", "created_at"]
+    list_select_related = ["version__model", "eval_dataset", "reference__model"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["version", "eval_dataset", "reference", "metrics", "samples", "outputs_sha256", "created_at"]
+
+    @admin.display(description="Accuracy")
+    def accuracy(self, m: VersionMetrics) -> Any:
+        return m.metrics.get("accuracy")
+
+    @admin.display(description="Gzipped bytes")
+    def gzipped(self, m: VersionMetrics) -> Any:
+        return m.metrics.get("gzipped_bytes")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

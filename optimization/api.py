@@ -1,0 +1,91 @@
+"""REST API for optimization jobs and variant comparison."""
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from optimization import services
+from optimization.models import OptimizationJob
+from optimization.serializers import JobCreateInput, JobOutput, MetricsOutput
+from registry.serializers import VersionOutput
+from registry import services as registry
+from registry.errors import NotFound
+from registry.models import Dataset, ModelVersion
+
+
+def _jobs() -> QuerySet[OptimizationJob]:
+    return OptimizationJob.objects.select_related("source__model", "variant", "created_by")
+
+
+class JobList(generics.ListAPIView):
+    """Optimization jobs, newest first (filter ``?status=``, ``?model=``). POST starts one (202)."""
+
+    serializer_class = JobOutput
+    queryset = OptimizationJob.objects.none()
+    filterset_fields = ["status"]
+
+    def get_queryset(self) -> QuerySet[OptimizationJob]:
+        services.jobs_reap_stale()
+        jobs = _jobs()
+        if model := self.request.query_params.get("model"):
+            jobs = jobs.filter(source__model__name=model)
+        return jobs
+
+    @extend_schema(request=JobCreateInput, responses={202: JobOutput})
+    def post(self, request: Request) -> Response:
+        serializer = JobCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        model = registry.get_model(data["model"])
+        source = registry.get_version(model, data["version"])
+        datasets = {role: _dataset(model, role, pk) for role, pk in (data.get("datasets") or {}).items() if pk}
+        job = services.job_create(source=source, recipe=data["recipe"], actor=request.user, datasets=datasets)
+        return Response(JobOutput(_jobs().get(pk=job.pk)).data, status=status.HTTP_202_ACCEPTED)
+
+
+def _dataset(model, role: str, pk: int) -> Dataset:  # type: ignore[no-untyped-def]
+    found = Dataset.objects.filter(model=model, pk=pk).first()
+    if found is None:
+        raise NotFound(f"Model {model.name!r} has no dataset {pk} (given as the {role} dataset).",
+                       code="dataset_not_found")
+    return found
+
+
+class JobDetail(APIView):
+    queryset = OptimizationJob.objects.none()
+
+    @extend_schema(responses=JobOutput)
+    def get(self, request: Request, job_id: int) -> Response:
+        services.jobs_reap_stale()
+        return Response(JobOutput(services.get_job(job_id)).data)
+
+
+class JobCancel(APIView):
+    queryset = OptimizationJob.objects.none()
+    permission_action = "change"
+
+    @extend_schema(request=None, responses=JobOutput)
+    def post(self, request: Request, job_id: int) -> Response:
+        job = services.job_cancel(job=services.get_job(job_id), actor=request.user)
+        return Response(JobOutput(_jobs().get(pk=job.pk)).data)
+
+
+class VariantList(APIView):
+    """Variants of a version with their metrics, beside the version's own (for comparison)."""
+
+    queryset = ModelVersion.objects.none()
+
+    @extend_schema(responses=VersionOutput(many=True))
+    def get(self, request: Request, name: str, version: int) -> Response:
+        parent = registry.get_version(registry.get_model(name), version)
+        variants = (ModelVersion.objects.with_related().filter(parent=parent).order_by("number")
+                    .prefetch_related("metrics__reference", "metrics"))
+        return Response({
+            "parent": {"version": parent.number, "format": parent.format,
+                       "metrics": MetricsOutput(parent.metrics.all(), many=True).data},
+            "variants": VersionOutput(variants, many=True).data,
+        })

@@ -1,0 +1,260 @@
+"""Runs one claimed optimization job: load the source, run the recipe's passes, measure parent
+and variant with the same harness, register the variant. TensorFlow is only imported here.
+
+Stages and their share of the progress bar: load 0-5 %, passes 5-75 %, export + measure 75-95 %,
+register 95-100 %. For ``auto`` the 5-95 % span is split evenly between candidates.
+"""
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optimization import budget as budget_mod
+from optimization import metrics as harness
+from optimization import modelio, services
+from optimization.models import OptimizationJob, VersionMetrics
+from optimization.passes import parse_recipe
+from optimization.passes.base import Arrays, Cancelled, ModelHandle, PassContext, PassError
+from optimization.predictors import load_predictor
+from registry import archives, datasets as dataset_checks, inspection, services as registry
+from registry.errors import RegistryError
+from registry.models import Dataset, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    def __init__(self, job: OptimizationJob, workdir: Path, latency_runs: int = 50) -> None:
+        self.job = job
+        self.workdir = workdir
+        self.latency_runs = latency_runs
+        self.stage = "starting"
+
+    # -- entry ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Cancelled as exc:
+            self.log(f"cancelled: {exc}")
+            services.job_finish_failed(self.job, error=f"Cancelled at stage '{self.stage}'.", cancelled=True)
+        except (PassError, RegistryError, ValueError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            self.log(f"failed at {self.stage}: {message}")
+            services.job_finish_failed(self.job, error=f"{self.stage}: {message}")
+        except Exception as exc:  # a bug or a TensorFlow error: keep the traceback in the log
+            self.log(traceback.format_exc(limit=8))
+            services.job_finish_failed(self.job, error=f"{self.stage}: {type(exc).__name__}: {exc}")
+
+    def _run(self) -> None:
+        job = self.job
+        self.progress(1, "loading source", f"Loading {job.source}")
+        source_path = self._unpack(job.source, self.workdir / "source")
+        data = self._datasets()
+        self._check_eval_fits(data["eval"])
+        parent = self._parent_reference(source_path, data["eval"])
+        recipe = job.recipe
+        if recipe.get("technique") == "auto":
+            self._run_auto(source_path, data, parent)
+            return
+        steps = parse_recipe(recipe)
+        handle = self._run_steps(steps, source_path, data, start=5, end=75)
+        artifact, model_path, fmt = self._export(handle, self.workdir / "variant")
+        self.progress(80, "measuring variant", "Measuring the variant on the eval dataset")
+        metrics, outputs = self._measure(artifact, model_path, fmt, data["eval"], parent, handle)
+        metrics["notes"] = handle.notes
+        self._register(artifact, model_path, fmt, metrics, outputs, candidates=[],
+                       message=f"Registered {job.recipe_label} variant ({_summary(metrics)}).")
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def _unpack(self, version: ModelVersion, dest: Path) -> Path:
+        """The verified artifact, unpacked if it is an archive; returns what load_handle reads."""
+        blob = registry.version_artifact_path(version)
+        self.source_blob = blob
+        if version.format != ModelVersion.Format.SAVED_MODEL:
+            suffix = Path(version.artifact_filename).suffix or (".tflite" if version.format == "tflite" else ".keras")
+            target = dest.with_suffix(suffix)
+            target.symlink_to(blob)
+            return target
+        _, container = inspection.detect_container(version.artifact_filename)
+        dest.mkdir(parents=True)
+        archives.extract(blob, dest, container)
+        return inspection.find_saved_model_root(dest)
+
+    def _datasets(self) -> dict[str, Arrays | None]:
+        job = self.job
+        out: dict[str, Arrays | None] = {}
+        for role, dataset in (("train", job.train_dataset), ("eval", job.eval_dataset),
+                              ("calibration", job.calibration_dataset)):
+            if dataset is None:
+                out[role] = None
+                continue
+            self.stage = f"loading {role} dataset"
+            arrays = registry.dataset_arrays(dataset)
+            out[role] = Arrays(x=arrays["x"], y=arrays.get("y"))
+        if out["eval"] is None:
+            raise ValueError("The job has no eval dataset; metrics cannot be computed.")
+        return out
+
+    def _check_eval_fits(self, eval_arrays: Arrays | None) -> None:
+        assert eval_arrays is not None
+        self.stage = "checking datasets"
+        arrays = {"x": eval_arrays.x} | ({"y": eval_arrays.y} if eval_arrays.y is not None else {})
+        dataset_checks.check_against_signature(arrays, self.job.source.signature)
+
+    def _parent_reference(self, source_path: Path, eval_arrays: Arrays) -> harness.ParentReference:
+        """The source's own measurement on this eval set: computed once, then reused by every job."""
+        job = self.job
+        stored = VersionMetrics.objects.filter(version=job.source, eval_dataset=job.eval_dataset).first()
+        if stored and stored.outputs_sha256:
+            path = registry.artifact_store().verify(stored.outputs_sha256)
+            self.log(f"reusing the parent's metrics from {stored.created_at:%Y-%m-%d %H:%M}")
+            return harness.ParentReference.load(path)
+        self.progress(3, "measuring parent", f"Measuring {job.source} on {job.eval_dataset.name}")
+        fmt = job.source.format
+        metrics, outputs = harness.measure(
+            artifact_path=self.source_blob, model_dir_or_file=source_path, fmt=fmt,
+            task=job.source.model.task, eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=None,
+            latency_runs=self.latency_runs)
+        reference = harness.parent_reference(metrics, outputs)
+        blob = self.workdir / "parent-reference.npz"
+        reference.save(blob)
+        samples = harness.sample_io(load_predictor(source_path, fmt), eval_arrays.x)
+        services.metrics_store(version=job.source, eval_dataset=job.eval_dataset, metrics=metrics, samples=samples,
+                               outputs_blob=blob)
+        return reference
+
+    def _context(self, data: dict[str, Arrays | None], start: float, end: float, label: str) -> PassContext:
+        def progress(fraction: float, message: str) -> None:
+            if services.job_progress(self.job.pk, percent=start + (end - start) * fraction, stage=label,
+                                     message=message):
+                self._cancel_requested = True
+
+        self._cancel_requested = False
+        return PassContext(task=self.job.source.model.task, workdir=self.workdir, train=data["train"],
+                           calibration=data["calibration"], eval=data["eval"], progress=progress, log=self.log,
+                           is_cancelled=lambda: self._cancel_requested)
+
+    def _run_steps(self, steps: list[tuple[Any, dict[str, Any]]], source_path: Path,
+                   data: dict[str, Arrays | None], start: float, end: float) -> ModelHandle:
+        handle = modelio.load_handle(source_path, self.job.source.format)
+        span = (end - start) / max(len(steps), 1)
+        for index, (step, params) in enumerate(steps):
+            lo = start + index * span
+            self.stage = f"{step.name} ({index + 1}/{len(steps)})"
+            ctx = self._context(data, lo, lo + span, self.stage)
+            ctx.checkpoint(0.0, f"starting {step.name}")
+            self.log(f"running {step.name} with {params}")
+            handle = step.run(handle, params, ctx)
+            ctx.checkpoint(1.0, f"{step.name} done")
+        return handle
+
+    def _export(self, handle: ModelHandle, dest: Path) -> tuple[Path, Path, str]:
+        """Write the handle as a registrable artifact; return (artifact, what load_predictor reads, format)."""
+        self.stage = "exporting"
+        dest.mkdir(parents=True, exist_ok=True)
+        artifact, fmt = modelio.export_handle(handle, dest)
+        if fmt == "saved_model":
+            unpacked = dest / "unpacked"
+            unpacked.mkdir()
+            archives.extract(artifact, unpacked, "zip")
+            return artifact, inspection.find_saved_model_root(unpacked), fmt
+        return artifact, artifact, fmt
+
+    def _measure(self, artifact: Path, model_path: Path, fmt: str, eval_arrays: Arrays | None,
+                 parent: harness.ParentReference, handle: ModelHandle) -> tuple[dict[str, Any], np.ndarray]:
+        assert eval_arrays is not None
+        self.stage = "measuring"
+        return harness.measure(artifact_path=artifact, model_dir_or_file=model_path, fmt=fmt,
+                               task=self.job.source.model.task, eval_x=eval_arrays.x, eval_y=eval_arrays.y,
+                               parent=parent, clusters=handle.extra.get("clusters"),
+                               latency_runs=self.latency_runs)
+
+    def _register(self, artifact: Path | None, model_path: Path | None, fmt: str | None,
+                  metrics: dict[str, Any] | None, outputs: np.ndarray | None, *, candidates: list[dict[str, Any]],
+                  message: str) -> None:
+        self.progress(95, "registering", "Registering the variant")
+        samples: dict[str, Any] = {}
+        blob = None
+        if artifact is not None and model_path is not None and fmt is not None and outputs is not None:
+            eval_arrays = registry.dataset_arrays(self.job.eval_dataset)
+            samples = harness.sample_io(load_predictor(model_path, fmt), eval_arrays["x"])
+            blob = self.workdir / "variant-outputs.npz"
+            harness.parent_reference(metrics or {}, outputs).save(blob)
+        variant = services.job_finish_succeeded(self.job, artifact=artifact, metrics=metrics, samples=samples,
+                                                outputs_blob=blob, candidates=candidates, message=message)
+        self.log(message + (f" Variant: v{variant.number}." if variant else ""))
+
+    # -- auto-compression ---------------------------------------------------------------------
+
+    def _run_auto(self, source_path: Path, data: dict[str, Arrays | None],
+                  parent: harness.ParentReference) -> None:
+        params = self.job.recipe.get("params") or {}
+        budget = budget_mod.Budget.from_params(params)
+        plan = services.plan_recipe(self.job.recipe, self.job.source)
+        chosen = plan.candidates or []
+        self.log(f"auto: {len(chosen)} candidates, budget {budget.describe()}; parent "
+                 f"{_summary(parent.metrics)}")
+        results: list[dict[str, Any]] = []
+        kept: dict[int, tuple[Path, Path, str, dict[str, Any], np.ndarray]] = {}
+        span = 90 / max(len(chosen), 1)
+        for index, cand in enumerate(chosen):
+            start = 5 + index * span
+            entry: dict[str, Any] = {"label": cand["label"], "recipe": cand["recipe"]}
+            try:
+                handle = self._run_steps(parse_recipe(cand["recipe"]), source_path, data, start,
+                                         start + span * 0.8)
+                artifact, model_path, fmt = self._export(handle, self.workdir / f"candidate-{index}")
+                self.progress(start + span * 0.85, f"measuring {cand['label']}", "")
+                metrics, outputs = self._measure(artifact, model_path, fmt, data["eval"], parent, handle)
+                metrics["notes"] = handle.notes
+                entry["metrics"] = metrics
+                kept[index] = (artifact, model_path, fmt, metrics, outputs)
+                self.log(f"candidate {cand['label']}: {_summary(metrics)}")
+            except Cancelled:
+                raise
+            except (PassError, ValueError, RegistryError) as exc:
+                entry["error"] = getattr(exc, "message", None) or str(exc)
+                self.log(f"candidate {cand['label']} failed: {entry['error']}")
+            results.append(entry)
+        winner = budget_mod.choose(budget, parent.metrics, results)
+        for entry in results:
+            entry.get("metrics", {}).pop("definitions", None)  # kept once, on the variant's metrics
+        if winner is None:
+            self._register(None, None, None, None, None, candidates=results,
+                           message=f"No candidate stayed within the budget ({budget.describe()}); nothing was "
+                                   "registered. See the candidates for each one's numbers.")
+            return
+        artifact, model_path, fmt, metrics, outputs = kept[winner]
+        metrics["auto"] = {"budget": budget.describe(), "winner": results[winner]["label"]}
+        self._register(artifact, model_path, fmt, metrics, outputs, candidates=results,
+                       message=f"auto: {results[winner]['label']} won ({_summary(metrics)}).")
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def progress(self, percent: float, stage: str, message: str) -> None:
+        self.stage = stage
+        if services.job_progress(self.job.pk, percent=percent, stage=stage, message=message):
+            raise Cancelled(f"cancel requested during {stage}")
+
+    def log(self, line: str) -> None:
+        log.info("job %s: %s", self.job.pk, line)
+        services.job_log(self.job.pk, line)
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    if metrics.get("accuracy") is not None:
+        parts.append(f"accuracy {metrics['accuracy']:.4f}")
+    if metrics.get("mse") is not None:
+        parts.append(f"mse {metrics['mse']:.4g}")
+    if metrics.get("gzipped_ratio"):
+        parts.append(f"{metrics['gzipped_ratio']:.2f}x smaller gzipped")
+    if metrics.get("gzipped_bytes"):
+        parts.append(f"{metrics['gzipped_bytes']} B gzipped")
+    return ", ".join(parts)

@@ -1,0 +1,355 @@
+"""Every write for optimization jobs: create (validated), run, cancel, reap dead workers.
+
+The task (``optimization.tasks.run_optimization_job``) only calls ``job_run``. A job leaves no
+trace on failure: the variant version, its blob and its metrics are written in one transaction at
+the very end, and the scratch directory is removed whatever happens.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import close_old_connections, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from optimization import budget as budget_mod
+from optimization.models import OptimizationJob, VersionMetrics
+from registry import archives, audit, datasets as dataset_checks, services as registry
+from registry.errors import Conflict, NotFound, RegistryError
+from registry.models import Dataset, ModelVersion
+from registry.uploads import StagedFile
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 5
+
+
+class JobInputError(RegistryError):
+    code = "invalid_job"
+
+
+# --- create ----------------------------------------------------------------------------------
+
+def source_kind(version: ModelVersion) -> str:
+    """What a pass receives from this version: a Keras model, a plain SavedModel, or TFLite."""
+    if version.format == ModelVersion.Format.SAVED_MODEL:
+        return "keras" if version.framework.get("keras_saved_model") else "saved_model"
+    return "keras" if version.format == ModelVersion.Format.KERAS else "tflite"
+
+
+@dataclass
+class Plan:
+    """A validated recipe: the steps to run, or the auto budget and its candidate recipes."""
+
+    recipe: dict[str, Any]
+    steps: list[tuple[Any, dict[str, Any]]]
+    auto: budget_mod.Budget | None = None
+    candidates: list[dict[str, Any]] | None = None
+    needs: frozenset[str] = frozenset()
+
+
+def plan_recipe(recipe: Any, version: ModelVersion) -> Plan:
+    """Parse and check a recipe against the source version; raise JobInputError (400) if it
+    cannot apply — e.g. pruning a .tflite — so the user hears it now, not from a failed job."""
+    from optimization import passes
+
+    if not isinstance(recipe, dict):
+        raise JobInputError('recipe must be an object, e.g. {"technique": "ptq_int8"}.')
+    kind = source_kind(version)
+    try:
+        if recipe.get("technique") == "auto":
+            params = recipe.get("params") or {}
+            chosen, plans = _auto_candidates(params.get("candidates"), kind, version)
+            needs = frozenset().union(*(s.needs for steps in plans for s, _ in steps))
+            return Plan(recipe={"technique": "auto", "params": params}, steps=[],
+                        auto=budget_mod.Budget.from_params(params), candidates=chosen, needs=needs)
+        steps = passes.parse_recipe(recipe)
+        passes.check_source_kind(steps, kind, version=version.number)
+    except (passes.PassError, budget_mod.BudgetError) as exc:
+        raise JobInputError(str(exc)) from exc
+    return Plan(recipe=recipe, steps=steps, needs=frozenset().union(*(s.needs for s, _ in steps)))
+
+
+def _auto_candidates(labels: Any, kind: str, version: ModelVersion) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The candidate recipes auto will try, most aggressive first: all that apply to this source,
+    or the ones named in ``params.candidates`` (each must apply)."""
+    from optimization import passes
+
+    known = {c["label"]: c for c in passes.AUTO_CANDIDATES}
+    if labels is not None:
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            raise JobInputError("params.candidates must be a non-empty list of candidate labels.")
+        unknown = [x for x in labels if x not in known]
+        if unknown:
+            raise JobInputError(f"Unknown auto candidate(s) {unknown}; known: {', '.join(known)}.")
+    chosen, plans = [], []
+    for cand in passes.AUTO_CANDIDATES:
+        if labels is not None and cand["label"] not in labels:
+            continue
+        steps = passes.parse_recipe(cand["recipe"])
+        try:
+            passes.check_source_kind(steps, kind, version=version.number)
+        except passes.PassError:
+            if labels is not None:
+                raise
+            continue  # e.g. pruning candidates for a SavedModel without Keras metadata
+        chosen.append(cand)
+        plans.append(steps)
+    if not chosen:
+        raise JobInputError(f"No auto-compression candidate applies to version {version.number} ({kind}).")
+    return chosen, plans
+
+
+def _pick_dataset(version: ModelVersion, role: str, given: Dataset | None, required: bool) -> Dataset | None:
+    dataset = given or Dataset.objects.filter(model=version.model, role=role).order_by("-created_at").first()
+    if dataset is None:
+        if required:
+            raise JobInputError(f"This recipe needs a {role} dataset, and model {version.model.name!r} has none. "
+                                f"Upload one to /api/v1/models/{version.model.name}/datasets/ with role={role}.",
+                                code="missing_dataset")
+        return None
+    if dataset.model_id != version.model_id:
+        raise JobInputError(f"Dataset {dataset.pk} belongs to another model.", code="invalid_dataset")
+    if dataset.role != role:
+        raise JobInputError(f"Dataset {dataset.pk} has role {dataset.role!r}, not {role!r}.", code="invalid_dataset")
+    try:
+        dataset_checks.check_shape_against_signature(dataset.arrays, version.signature)
+    except RegistryError as exc:
+        raise JobInputError(f"The {role} dataset {dataset.name!r} does not fit version {version.number}: "
+                            f"{exc.message}", code="dataset_mismatch") from exc
+    return dataset
+
+
+@transaction.atomic
+def job_create(*, source: ModelVersion, recipe: Any, actor: AbstractBaseUser,
+               datasets: dict[str, Dataset | None] | None = None) -> OptimizationJob:
+    if source.status != ModelVersion.Status.READY:
+        raise Conflict(f"Version {source.number} is {source.status}; only ready versions can be optimized.")
+    plan = plan_recipe(recipe, source)
+    given = datasets or {}
+    unknown = set(given) - {"train", "eval", "calibration"}
+    if unknown:
+        raise JobInputError(f"Unknown dataset role(s) {sorted(unknown)}: use train, eval, calibration.")
+    chosen = {role: _pick_dataset(source, role, given.get(role), required=(role == "eval" or role in plan.needs))
+              for role in ("train", "eval", "calibration")}
+    job = OptimizationJob.objects.create(
+        source=source, recipe=plan.recipe, train_dataset=chosen["train"], eval_dataset=chosen["eval"],
+        calibration_dataset=chosen["calibration"], created_by=actor, stage="queued",
+        message="Waiting for a worker.")
+    audit.record(actor=actor, action="optimization_job.create", obj=job, model=source.model, version=source,
+                 after={"recipe": plan.recipe, "datasets": {r: d.pk if d else None for r, d in chosen.items()}})
+    from optimization.tasks import run_optimization_job
+
+    transaction.on_commit(lambda: run_optimization_job.enqueue(job.pk))
+    return job
+
+
+# --- cancel and reap -------------------------------------------------------------------------
+
+@transaction.atomic
+def job_cancel(*, job: OptimizationJob, actor: AbstractBaseUser) -> OptimizationJob:
+    """A queued job is cancelled at once; a running one stops at its next epoch or stage."""
+    now = timezone.now()
+    if OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.QUEUED).update(
+            status=OptimizationJob.Status.CANCELLED, finished_at=now, cancel_requested=True,
+            message=f"Cancelled by {actor} before it started."):
+        action = "optimization_job.cancel"
+    elif OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING).update(
+            cancel_requested=True, message=f"Cancellation requested by {actor}; stopping at the next stage."):
+        action = "optimization_job.cancel_requested"
+    else:
+        job.refresh_from_db()
+        raise Conflict(f"Job {job.pk} is already {job.status}; there is nothing to cancel.", code="job_finished")
+    audit.record(actor=actor, action=action, obj=job, model=job.source.model, version=job.source)
+    job.refresh_from_db()
+    return job
+
+
+def jobs_reap_stale(*, older_than: timedelta | None = None) -> int:
+    """Fail running jobs whose worker stopped sending heartbeats (killed, OOM, machine lost)."""
+    limit = older_than or timedelta(seconds=settings.OPTIMIZATION_HEARTBEAT_TIMEOUT)
+    cutoff = timezone.now() - limit
+    stale = list(OptimizationJob.objects.filter(status=OptimizationJob.Status.RUNNING, heartbeat_at__lt=cutoff))
+    reaped = 0
+    for job in stale:
+        with transaction.atomic():
+            if OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING,
+                                              heartbeat_at__lt=cutoff).update(
+                    status=OptimizationJob.Status.FAILED, finished_at=timezone.now(),
+                    error=(f"The worker running this job ({job.worker or 'unknown'}) stopped: no heartbeat since "
+                           f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Nothing was registered; run the job again."),
+                    message="Worker lost."):
+                audit.record(actor=None, action="optimization_job.fail", obj=job, model=job.source.model,
+                             version=job.source, comment="worker lost (no heartbeat)")
+                reaped += 1
+        _remove_scratch(job.pk)
+    return reaped
+
+
+# --- run -------------------------------------------------------------------------------------
+
+def job_run(*, job_id: int) -> None:
+    """Run a queued job to the end. Safe to call twice: only the caller that claims it runs it."""
+    now = timezone.now()
+    claimed = OptimizationJob.objects.filter(pk=job_id, status=OptimizationJob.Status.QUEUED).update(
+        status=OptimizationJob.Status.RUNNING, started_at=now, heartbeat_at=now, progress=0.0,
+        worker=f"{socket.gethostname()}:{os.getpid()}", stage="starting", message="Started.")
+    if not claimed:
+        log.info("job %s is not queued; skipping", job_id)
+        return
+    job = OptimizationJob.objects.select_related("source__model", "train_dataset", "eval_dataset",
+                                                 "calibration_dataset", "created_by").get(pk=job_id)
+    from optimization.runner import JobRunner  # TensorFlow lives behind this import
+
+    heartbeat = _Heartbeat(job_id)
+    heartbeat.start()
+    workdir = _make_scratch(job_id)
+    try:
+        JobRunner(job, workdir).run()
+    finally:
+        heartbeat.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _scratch_root() -> Path:
+    root = Path(settings.FILE_UPLOAD_TEMP_DIR)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _make_scratch(job_id: int) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_scratch_root()))
+
+
+def _remove_scratch(job_id: int) -> None:
+    for path in _scratch_root().glob(f"job-{job_id}-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class _Heartbeat:
+    """Refresh ``heartbeat_at`` from a side thread, so a long epoch never looks like a dead worker."""
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                OptimizationJob.objects.filter(pk=self.job_id, status=OptimizationJob.Status.RUNNING).update(
+                    heartbeat_at=timezone.now())
+        except Exception:  # a missed heartbeat is only a risk of being reaped; never crash the job
+            log.exception("heartbeat for job %s failed", self.job_id)
+        finally:
+            connection.close()
+
+
+# --- progress, used by the runner ------------------------------------------------------------
+
+def job_progress(job_id: int, *, percent: float, stage: str, message: str = "") -> bool:
+    """Record progress; return True if cancellation was requested."""
+    OptimizationJob.objects.filter(pk=job_id, status=OptimizationJob.Status.RUNNING).update(
+        progress=round(min(max(percent, 0.0), 100.0), 1), stage=stage[:200], message=message[:500],
+        heartbeat_at=timezone.now())
+    return OptimizationJob.objects.filter(pk=job_id, cancel_requested=True).exists()
+
+
+def job_log(job_id: int, line: str) -> None:
+    stamp = timezone.now().strftime("%H:%M:%S")
+    OptimizationJob.objects.filter(pk=job_id).update(log=Concat(F("log"), Value(f"[{stamp}] {line}\n")))
+
+
+def job_finish_failed(job: OptimizationJob, *, error: str, cancelled: bool = False) -> None:
+    status = OptimizationJob.Status.CANCELLED if cancelled else OptimizationJob.Status.FAILED
+    with transaction.atomic():
+        updated = OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING).update(
+            status=status, finished_at=timezone.now(), error="" if cancelled else error[:5000],
+            message=error[:500])
+        if updated:
+            audit.record(actor=None, action=f"optimization_job.{'cancel' if cancelled else 'fail'}", obj=job,
+                         model=job.source.model, version=job.source, comment=error[:1000])
+
+
+def job_finish_succeeded(job: OptimizationJob, *, artifact: Path | None, metrics: dict[str, Any] | None,
+                         samples: dict[str, Any], outputs_blob: Path | None, candidates: list[dict[str, Any]],
+                         message: str) -> ModelVersion | None:
+    """Register the variant, its metrics and the job's success in one transaction.
+
+    ``artifact`` None (auto with no candidate in budget) registers nothing and says why.
+    """
+    store_outputs = outputs_blob is not None and artifact is not None
+    outputs_staged = StagedFile.from_path(outputs_blob) if store_outputs else None
+    staged = StagedFile.from_path(artifact) if artifact is not None else None
+    created_blobs: list[str] = []
+    try:
+        with transaction.atomic():
+            variant = None
+            if staged is not None:
+                variant = registry.version_create(
+                    model=job.source.model, staged=staged, actor=job.created_by, parent=job.source,
+                    source=ModelVersion.Source.OPTIMIZATION, description=f"{job.recipe_label} of v{job.source.number}",
+                    metadata={"optimization_job": job.pk, "recipe": job.recipe}, tags=["optimized"])
+                created_blobs.append(staged.sha256)
+                if outputs_staged is not None and registry.artifact_store().put(outputs_staged.path,
+                                                                                outputs_staged.sha256):
+                    created_blobs.append(outputs_staged.sha256)
+                VersionMetrics.objects.create(
+                    version=variant, eval_dataset=job.eval_dataset, reference=job.source, metrics=metrics or {},
+                    samples=samples, outputs_sha256=outputs_staged.sha256 if outputs_staged else "")
+            updated = OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING).update(
+                status=OptimizationJob.Status.SUCCEEDED, finished_at=timezone.now(), progress=100.0,
+                stage="done", message=message[:500], variant=variant, candidates=candidates)
+            if not updated:
+                raise Conflict("The job was reaped or cancelled while finishing; nothing registered.")
+            audit.record(actor=None, action="optimization_job.succeed", obj=job, model=job.source.model,
+                         version=variant or job.source, after={"variant": variant.number if variant else None},
+                         comment=message[:1000])
+            return variant
+    except BaseException:
+        for sha in created_blobs:
+            registry.discard_blob_if_unreferenced(sha)
+        raise
+
+
+def get_job(job_id: int | str) -> OptimizationJob:
+    try:
+        return OptimizationJob.objects.select_related("source__model", "variant", "created_by").get(pk=int(job_id))
+    except (OptimizationJob.DoesNotExist, ValueError):
+        raise NotFound(f"No optimization job {job_id}.", code="job_not_found") from None
+
+
+def metrics_store(*, version: ModelVersion, eval_dataset: Dataset, metrics: dict[str, Any],
+                  samples: dict[str, Any], outputs_blob: Path | None) -> VersionMetrics:
+    """Store a version's own measurement (a parent's, computed once and reused)."""
+    sha = ""
+    if outputs_blob is not None:
+        staged = StagedFile.from_path(outputs_blob)
+        registry.artifact_store().put(staged.path, staged.sha256)
+        sha = staged.sha256
+    with transaction.atomic():
+        existing = VersionMetrics.objects.filter(version=version, eval_dataset=eval_dataset).first()
+        if existing:
+            return existing
+        return VersionMetrics.objects.create(version=version, eval_dataset=eval_dataset, reference=None,
+                                             metrics=metrics, samples=samples, outputs_sha256=sha)

@@ -1,0 +1,192 @@
+"""Optimization jobs end to end through the API, run eagerly (ImmediateBackend)."""
+from __future__ import annotations
+
+import pytest
+
+from optimization.models import OptimizationJob, VersionMetrics
+from registry.models import AuditEvent, ModelVersion
+from tests.conftest import files_under
+
+
+def start(api, recipe, datasets=None, version=1, capture=None):  # type: ignore[no-untyped-def]
+    body = {"model": "digits", "version": version, "recipe": recipe}
+    if datasets:
+        body["datasets"] = datasets
+    return api.post("/api/v1/optimization-jobs/", body, format="json")
+
+
+@pytest.mark.django_db
+def test_ptq_int8_job_registers_a_measured_variant(api, digits_model, immediate_tasks,
+                                                   django_capture_on_commit_callbacks, storage_root):
+    source, datasets = digits_model
+    with django_capture_on_commit_callbacks(execute=True):
+        response = start(api, {"technique": "ptq_int8", "params": {"int8_io": False}})
+    assert response.status_code == 202, response.content
+    job = OptimizationJob.objects.get(pk=response.json()["id"])
+    assert job.status == "succeeded", (job.error, job.log)
+    variant = job.variant
+    assert (variant.parent, variant.source, variant.format, variant.number) == (source, "optimization", "tflite", 2)
+    metrics = VersionMetrics.objects.get(version=variant).metrics
+    assert metrics["size_ratio"] > 3.0
+    assert metrics["accuracy"] >= VersionMetrics.objects.get(version=source).metrics["accuracy"] - 0.02
+    assert metrics["agreement"] > 0.95 and metrics["kl_divergence"] < 0.05
+    assert metrics["latency_ms_p50"] > 0 and metrics["environment"]["tensorflow_version"]
+    detail = api.get(f"/api/v1/optimization-jobs/{job.pk}/").json()
+    assert detail["status"] == "succeeded" and detail["progress"] == 100.0 and detail["variant"] == 2
+    assert "Registered" in detail["message"] and detail["log"]
+    variants = api.get("/api/v1/models/digits/versions/1/variants/").json()
+    assert [v["version"] for v in variants["variants"]] == [2]
+    assert variants["variants"][0]["metrics"][0]["reference"] == 1
+    assert variants["parent"]["metrics"][0]["metrics"]["accuracy"] > 0.8
+    version_detail = api.get("/api/v1/models/digits/versions/2/").json()
+    assert version_detail["metrics"][0]["metrics"]["gzipped_ratio"] > 1
+    samples = VersionMetrics.objects.get(version=source).samples
+    assert len(samples["inputs"]) == 8 and len(samples["outputs"][0]) == 10
+    assert files_under(storage_root / "tmp") == []
+    assert AuditEvent.objects.filter(action="optimization_job.succeed").count() == 1
+
+
+@pytest.mark.django_db
+def test_parent_metrics_are_computed_once_and_reused(api, digits_model, immediate_tasks,
+                                                     django_capture_on_commit_callbacks):
+    source, _ = digits_model
+    for recipe in ({"technique": "ptq_dynamic"}, {"technique": "ptq_float16"}):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert start(api, recipe).status_code == 202
+    assert OptimizationJob.objects.filter(status="succeeded").count() == 2
+    assert VersionMetrics.objects.filter(version=source).count() == 1
+    assert "reusing the parent's metrics" in OptimizationJob.objects.order_by("id").last().log
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("recipe, message", [
+    ({"technique": "nope"}, "unknown technique"),
+    ({"technique": "prune", "params": {"sparsity": 1.5}}, "sparsity"),
+    ({"pipeline": [{"technique": "ptq_int8"}, {"technique": "prune"}]}, "cannot run after"),
+    ({"technique": "auto", "params": {"max_accuracy_drop": 5}}, "between 0 and 1"),
+    ({"technique": "auto", "params": {"objective": "vibes"}}, "objective"),
+])
+def test_invalid_recipes_are_400_and_create_nothing(api, digits_model, recipe, message):
+    response = start(api, recipe)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "invalid_job"
+    assert message in response.json()["error"]["message"]
+    assert not OptimizationJob.objects.exists()
+
+
+@pytest.mark.django_db
+def test_pruning_a_tflite_version_is_refused_at_creation(api, alice, digits_model, digits_files):
+    from registry import services
+    from registry.uploads import StagedFile
+
+    source, _ = digits_model
+    services.version_create(model=source.model, staged=StagedFile.from_path(digits_files["tflite"]), actor=alice)
+    response = start(api, {"technique": "prune"}, version=2)
+    assert response.status_code == 400
+    assert "TFLite flatbuffer" in response.json()["error"]["message"]
+    assert not OptimizationJob.objects.exists()
+
+
+@pytest.mark.django_db
+def test_missing_eval_dataset_is_400(api, alice, digits_files):
+    from registry import services
+    from registry.uploads import StagedFile
+
+    model = services.model_create(name="digits", owner=alice, task="classification")
+    services.version_create(model=model, staged=StagedFile.from_path(digits_files["model"]), actor=alice)
+    response = start(api, {"technique": "ptq_dynamic"})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "missing_dataset"
+    assert "eval dataset" in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db
+def test_dataset_that_does_not_fit_the_source_is_400(api, alice, digits_model, tmp_path):
+    import numpy as np
+
+    from registry import services
+    from registry.models import Dataset
+    from registry.uploads import StagedFile
+
+    source, datasets = digits_model
+    # A dataset checked against another model-shaped version is refused for this source.
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((10, 64), "float32"), y=np.zeros(10, "int64"))
+    ds = services.dataset_create(model=source.model, staged=StagedFile.from_path(wrong), role="eval", actor=alice,
+                                 check_version=source)
+    Dataset.objects.filter(pk=ds.pk).update(arrays={"x": {"shape": [10, 63], "dtype": "float32"}})
+    response = start(api, {"technique": "ptq_dynamic"}, datasets={"eval": ds.pk})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "dataset_mismatch"
+    assert "expects" in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db
+def test_training_step_that_raises_fails_the_job_cleanly(api, alice, digits_model, digits_files, immediate_tasks,
+                                                         django_capture_on_commit_callbacks, storage_root):
+    from registry import services
+    from registry.uploads import StagedFile
+
+    source, _ = digits_model
+    bad = services.dataset_create(model=source.model, staged=StagedFile.from_path(digits_files["bad_train"]),
+                                  role="train", actor=alice, check_version=source)
+    blobs_before = files_under(storage_root / "blobs")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = start(api, {"technique": "prune", "params": {"epochs": 1}}, datasets={"train": bad.pk})
+    assert response.status_code == 202
+    job = OptimizationJob.objects.get()
+    assert job.status == "failed" and job.variant is None
+    assert "prune" in job.error and job.finished_at is not None
+    assert ModelVersion.objects.count() == 1
+    # the parent's measurement (made before the failing step) is kept; nothing of the variant is
+    new_blobs = set(files_under(storage_root / "blobs")) - set(blobs_before)
+    assert all(sha.split("/")[-1] == VersionMetrics.objects.get().outputs_sha256 for sha in new_blobs)
+    assert files_under(storage_root / "tmp") == []
+    assert AuditEvent.objects.filter(action="optimization_job.fail").count() == 1
+
+
+@pytest.mark.django_db
+def test_tampered_dataset_fails_the_job_with_a_clear_message(api, digits_model, immediate_tasks,
+                                                             django_capture_on_commit_callbacks):
+    from registry.blobstore import artifact_store
+
+    source, datasets = digits_model
+    blob = artifact_store().blob_path(datasets["eval"].sha256)
+    blob.chmod(0o640)
+    blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
+    with django_capture_on_commit_callbacks(execute=True):
+        start(api, {"technique": "ptq_dynamic"})
+    job = OptimizationJob.objects.get()
+    assert job.status == "failed" and "no longer matches its digest" in job.error
+    assert ModelVersion.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_cancel_a_queued_job_and_cancel_twice_is_409(api, digits_model):
+    response = start(api, {"technique": "ptq_dynamic"})  # DB backend, no worker: stays queued
+    job_id = response.json()["id"]
+    assert response.json()["status"] == "queued"
+    cancelled = api.post(f"/api/v1/optimization-jobs/{job_id}/cancel/")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = api.post(f"/api/v1/optimization-jobs/{job_id}/cancel/")
+    assert again.status_code == 409 and "already cancelled" in again.json()["error"]["message"]
+    from optimization import services
+
+    services.job_run(job_id=job_id)  # a late worker does nothing
+    assert OptimizationJob.objects.get().status == "cancelled" and ModelVersion.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_readonly_user_cannot_start_or_cancel_jobs(readonly_api, api, digits_model):
+    denied = readonly_api.post("/api/v1/optimization-jobs/", {"model": "digits", "version": 1,
+                                                              "recipe": {"technique": "ptq_dynamic"}}, format="json")
+    assert denied.status_code == 403
+    job_id = start(api, {"technique": "ptq_dynamic"}).json()["id"]
+    assert readonly_api.post(f"/api/v1/optimization-jobs/{job_id}/cancel/").status_code == 403
+    assert readonly_api.get(f"/api/v1/optimization-jobs/{job_id}/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_unknown_job_and_unknown_model_are_404(api, digits_model):
+    assert api.get("/api/v1/optimization-jobs/999/").status_code == 404
+    response = api.post("/api/v1/optimization-jobs/", {"model": "nope", "version": 1,
+                                                       "recipe": {"technique": "ptq_dynamic"}}, format="json")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
