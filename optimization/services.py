@@ -32,7 +32,11 @@ from registry.models import Dataset, ModelVersion
 from registry.uploads import StagedFile
 
 log = logging.getLogger(__name__)
-HEARTBEAT_SECONDS = 5
+
+
+def heartbeat_interval() -> float:
+    """Beat well inside the timeout, so only a dead worker ever looks stale."""
+    return min(5.0, settings.OPTIMIZATION_HEARTBEAT_TIMEOUT / 3)
 
 
 class JobInputError(RegistryError):
@@ -256,7 +260,7 @@ class _Heartbeat:
         from django.db import connection
 
         try:
-            while not self._stop.wait(HEARTBEAT_SECONDS):
+            while not self._stop.wait(heartbeat_interval()):
                 OptimizationJob.objects.filter(pk=self.job_id, status=OptimizationJob.Status.RUNNING).update(
                     heartbeat_at=timezone.now())
         except Exception:  # a missed heartbeat is only a risk of being reaped; never crash the job

@@ -5,6 +5,7 @@ TensorFlow is imported lazily: the web process only pays for it when a model is 
 """
 from __future__ import annotations
 
+import gc
 import json
 import lzma
 import shutil
@@ -69,6 +70,16 @@ def private_workdir() -> Iterator[Path]:
 
 
 def inspect_artifact(path: Path, filename: str) -> Inspection:
+    try:
+        return _inspect(path, filename)
+    finally:
+        # The loaded model is garbage once its signature is read; TensorFlow objects sit in
+        # reference cycles, so without a collection a web worker keeps every upload's weights
+        # (bench/upload.py --payload weights: +1.1 GB per 1 GiB model, never given back).
+        gc.collect()
+
+
+def _inspect(path: Path, filename: str) -> Inspection:
     fmt, container = detect_container(filename)
     if container in ("zip", "tar"):
         with private_workdir() as work:

@@ -1,0 +1,104 @@
+"""Jobs through a real `manage.py db_worker` process: success, cancellation mid-training, and a
+worker killed with SIGKILL mid-job (the job must not stay `running`, and nothing is left)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from optimization import services
+from optimization.models import OptimizationJob
+from registry.models import ModelVersion
+from tests.conftest import files_under
+
+ROOT = Path(__file__).resolve().parents[2]
+LONG_PRUNE = {"technique": "prune", "params": {"epochs": 300, "sparsity": 0.5}}
+
+
+@pytest.fixture
+def worker(storage_root, tmp_path):  # type: ignore[no-untyped-def]
+    """Start a real task worker on the test database; yields the Popen."""
+    env = {**os.environ, "MODELYARD_SQLITE_PATH": str(connection.settings_dict["NAME"]),
+           "MODELYARD_STORAGE_ROOT": str(storage_root), "MODELYARD_JOB_HEARTBEAT_TIMEOUT": "3",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([sys.executable, "manage.py", "db_worker", "--queue-name", "default", "--interval",
+                             "0.2", "--no-startup-delay", "--no-reload"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    yield proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    log.close()
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def job_state(job_id: int) -> OptimizationJob:
+    return OptimizationJob.objects.get(pk=job_id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_process_runs_a_job(api, digits_model, worker, storage_root):
+    job_id = api.post("/api/v1/optimization-jobs/", {"model": "digits", "version": 1,
+                                                     "recipe": {"technique": "ptq_dynamic"}}, format="json").json()["id"]
+    job = wait_for(lambda: (j := job_state(job_id)).is_finished and j, what="the job to finish")
+    assert job.status == "succeeded", (job.error, job.log)
+    assert job.worker.endswith(f":{worker.pid}")
+    assert job.variant.format == "tflite" and job.variant.parent.number == 1
+    assert files_under(storage_root / "tmp") == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_running_job_stops_it_at_the_next_epoch(api, digits_model, worker, storage_root):
+    job_id = api.post("/api/v1/optimization-jobs/", {"model": "digits", "version": 1, "recipe": LONG_PRUNE},
+                      format="json").json()["id"]
+    wait_for(lambda: job_state(job_id).stage.startswith("prune") and job_state(job_id).progress > 6,
+             what="training to start")
+    response = api.post(f"/api/v1/optimization-jobs/{job_id}/cancel/")
+    assert response.status_code == 200 and response.json()["cancel_requested"] is True
+    job = wait_for(lambda: (j := job_state(job_id)).is_finished and j, timeout=60, what="the cancel")
+    assert job.status == "cancelled" and job.variant is None
+    assert job.progress < 70  # it stopped mid-training, not after 300 epochs
+    assert ModelVersion.objects.count() == 1
+    wait_for(lambda: files_under(storage_root / "tmp") == [], timeout=20, what="scratch cleanup")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_worker_does_not_leave_the_job_running(api, digits_model, worker, storage_root, settings):
+    settings.OPTIMIZATION_HEARTBEAT_TIMEOUT = 3
+    blobs_before = set(files_under(storage_root / "blobs"))
+    job_id = api.post("/api/v1/optimization-jobs/", {"model": "digits", "version": 1, "recipe": LONG_PRUNE},
+                      format="json").json()["id"]
+    wait_for(lambda: job_state(job_id).stage.startswith("prune"), what="training to start")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    assert job_state(job_id).status == "running"  # nobody told the database
+    time.sleep(4)
+    body = api.get(f"/api/v1/optimization-jobs/{job_id}/").json()  # reads reap stale jobs
+    assert body["status"] == "failed"
+    assert "stopped" in body["error"] and "Nothing was registered" in body["error"]
+    assert ModelVersion.objects.count() == 1
+    assert files_under(storage_root / "tmp") == []  # the dead worker's scratch directory is gone
+    new_blobs = set(files_under(storage_root / "blobs")) - blobs_before
+    from optimization.models import VersionMetrics
+
+    assert {b.split("/")[-1] for b in new_blobs} <= set(VersionMetrics.objects.values_list("outputs_sha256", flat=True))
+    assert services.jobs_reap_stale() == 0  # already reaped; reaping is idempotent
