@@ -129,8 +129,10 @@ class Distill(Pass):
         "alpha": c.Param(float, 0.1, lo=0, hi=1),
         "temperature": c.Param(float, 10.0, lo=0, hi=1000, lo_open=True),
         **c.TRAINING_PARAMS,
-        "epochs": c.Param(int, 5, lo=1, hi=1000),
-        "learning_rate": c.Param(float, 1e-3, lo=0, hi=10, lo_open=True),
+        # A student starts from scratch: 5 epochs at 1e-3 left the digits student at 0.76 accuracy;
+        # 10 at 3e-3 matches the teacher within a point.
+        "epochs": c.Param(int, 10, lo=1, hi=1000),
+        "learning_rate": c.Param(float, 3e-3, lo=0, hi=10, lo_open=True),
     }
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:

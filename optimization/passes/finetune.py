@@ -21,8 +21,9 @@ class Finetune(Pass):
         "num_classes": c.Param(int, optional=True, lo=2, hi=1_000_000),
         "unfreeze": c.Param(int, 0, lo=0, hi=10_000),  # how many layers below the head also train
         **c.TRAINING_PARAMS,
-        "epochs": c.Param(int, 3, lo=1, hi=1000),
-        "learning_rate": c.Param(float, 1e-3, lo=0, hi=10, lo_open=True),
+        # Only a fresh head trains: 3 epochs at 1e-3 reached 0.84 on digits, 3 at 1e-2 reached 0.97.
+        "epochs": c.Param(int, 5, lo=1, hi=1000),
+        "learning_rate": c.Param(float, 5e-3, lo=0, hi=10, lo_open=True),
     }
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:

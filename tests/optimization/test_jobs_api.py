@@ -190,3 +190,85 @@ def test_unknown_job_and_unknown_model_are_404(api, digits_model):
     response = api.post("/api/v1/optimization-jobs/", {"model": "nope", "version": 1,
                                                        "recipe": {"technique": "ptq_dynamic"}}, format="json")
     assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+
+
+TECHNIQUES = [
+    {"technique": "ptq_dynamic"},
+    {"technique": "ptq_float16"},
+    {"technique": "ptq_int8", "params": {"int8_io": True}},
+    {"technique": "prune", "params": {"sparsity": 0.8, "epochs": 1}},
+    {"technique": "cluster", "params": {"number_of_clusters": 8, "epochs": 1}},
+    {"technique": "qat", "params": {"epochs": 1}},
+    {"technique": "distill", "params": {"width": 0.5, "epochs": 6, "learning_rate": 0.005}},
+    {"technique": "finetune", "params": {"epochs": 3, "learning_rate": 0.01}},
+    {"technique": "fp16"},
+    {"technique": "prune_int8", "params": {"prune": {"epochs": 1}}},
+    {"technique": "cluster_int8", "params": {"cluster": {"epochs": 1}}},
+    {"technique": "sparsity_preserving_cluster", "params": {"prune": {"epochs": 1}, "cluster": {"epochs": 1}}},
+    {"technique": "pqat", "params": {"prune": {"epochs": 1}, "qat": {"epochs": 1}}},
+    {"technique": "cqat", "params": {"cluster": {"epochs": 1}, "qat": {"epochs": 1}}},
+]
+EXPECTED_FORMAT = {"ptq_dynamic": "tflite", "ptq_float16": "tflite", "ptq_int8": "tflite", "qat": "tflite",
+                   "prune_int8": "tflite", "cluster_int8": "tflite", "pqat": "tflite", "cqat": "tflite"}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("recipe", TECHNIQUES, ids=[r["technique"] for r in TECHNIQUES])
+def test_every_technique_and_pipeline_registers_a_variant(api, digits_model, immediate_tasks, recipe,
+                                                          django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = start(api, recipe)
+    assert response.status_code == 202, response.content
+    job = OptimizationJob.objects.get()
+    assert job.status == "succeeded", (job.error, job.log[-3000:])
+    variant = job.variant
+    assert variant.parent.number == 1 and variant.source == "optimization"
+    assert variant.format == EXPECTED_FORMAT.get(recipe["technique"], "saved_model")
+    metrics = variant.metrics.get().metrics
+    for key in ("size_bytes", "gzipped_bytes", "size_ratio", "parameter_count", "accuracy", "accuracy_delta",
+                "agreement", "kl_divergence", "latency_ms_p50", "latency_ms_p95", "throughput_per_s"):
+        assert metrics[key] is not None, key
+    assert metrics["accuracy"] > 0.5  # a real, working model came out
+    if recipe["technique"] in ("prune", "prune_int8", "sparsity_preserving_cluster"):
+        assert metrics["sparsity"] > 0.5
+    if recipe["technique"] in ("cluster",):
+        assert metrics["unique_weight_values"] <= 8
+    if recipe["technique"] == "distill":
+        assert metrics["parameter_count"] < variant.parent.metrics.get().metrics["parameter_count"]
+
+
+@pytest.mark.django_db
+def test_auto_registers_the_smallest_candidate_within_budget(api, digits_model, immediate_tasks,
+                                                             django_capture_on_commit_callbacks):
+    recipe = {"technique": "auto", "params": {"max_accuracy_drop": 0.02, "objective": "gzipped_size",
+                                              "candidates": ["int8", "dynamic range", "float16"]}}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert start(api, recipe).status_code == 202
+    job = OptimizationJob.objects.get()
+    assert job.status == "succeeded", (job.error, job.log[-3000:])
+    assert [c["label"] for c in job.candidates] == ["int8", "dynamic range", "float16"]
+    within = [c for c in job.candidates if c["within_budget"]]
+    best = min(within, key=lambda c: c["metrics"]["gzipped_bytes"])
+    assert best["outcome"].startswith("winner")
+    assert all(c["outcome"].startswith("lost") for c in within if c is not best)
+    assert job.variant.metrics.get().metrics["gzipped_bytes"] == best["metrics"]["gzipped_bytes"]
+    assert job.variant.metrics.get().metrics["auto"]["winner"] == best["label"]
+    assert ModelVersion.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_auto_with_no_candidate_in_budget_registers_nothing(api, digits_model, immediate_tasks, storage_root,
+                                                            django_capture_on_commit_callbacks):
+    # Pruning 90% of a small MLP with one epoch of fine-tuning always costs some accuracy; a zero budget
+    # refuses it.
+    recipe = {"technique": "auto", "params": {"max_accuracy_drop": 0.0, "candidates": ["prune 90% + int8"]}}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert start(api, recipe).status_code == 202
+    job = OptimizationJob.objects.get()
+    assert job.status == "succeeded" and job.variant is None
+    assert "No candidate stayed within the budget" in job.message
+    [candidate] = job.candidates
+    assert candidate["within_budget"] is False and "exceeds the budget" in candidate["outcome"]
+    assert candidate["metrics"]["accuracy"] < candidate["metrics"]["accuracy"] + 1  # metrics recorded
+    assert ModelVersion.objects.count() == 1
+    assert files_under(storage_root / "tmp") == []
