@@ -170,6 +170,17 @@ TASKS = {
 # A running optimization job whose worker sent no heartbeat for this long is marked failed.
 OPTIMIZATION_HEARTBEAT_TIMEOUT = env_int("MODELYARD_JOB_HEARTBEAT_TIMEOUT", 120, minimum=2)
 
+# --- Releases: image builds -------------------------------------------------------------------
+DOCKER_HOST = env_str("DOCKER_HOST", "")  # empty: the docker SDK's defaults (DOCKER_HOST, the local socket)
+DOCKER_TIMEOUT = env_int("MODELYARD_DOCKER_TIMEOUT", 600, minimum=1)
+# The serving base image; the default is TF Serving's GPU image matching the TensorFlow version.
+SERVING_BASE_IMAGE = env_str("MODELYARD_SERVING_BASE_IMAGE", "tensorflow/serving:2.21.0-gpu")
+IMAGE_REGISTRY = env_str("MODELYARD_IMAGE_REGISTRY", "127.0.0.1:5000")  # host[:port] images are pushed to
+IMAGE_NAMESPACE = env_str("MODELYARD_IMAGE_NAMESPACE", "modelyard")
+IMAGE_REGISTRY_USERNAME = env_str("MODELYARD_REGISTRY_USERNAME", "")
+IMAGE_REGISTRY_PASSWORD = env_str("MODELYARD_REGISTRY_PASSWORD", "")  # or MODELYARD_REGISTRY_PASSWORD_FILE
+IMAGE_SOURCE_URL = env_str("MODELYARD_IMAGE_SOURCE_URL", "")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/v1/auth/token/", obtain_auth_token, name="api-token"),
     path("api/v1/", include("registry.urls")),
     path("api/v1/", include("optimization.urls")),
+    path("api/v1/", include("releases.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", pages.healthz, name="healthz"),

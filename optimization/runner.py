@@ -73,18 +73,9 @@ class JobRunner:
     # -- stages -----------------------------------------------------------------------------
 
     def _unpack(self, version: ModelVersion, dest: Path) -> Path:
-        """The verified artifact, unpacked if it is an archive; returns what load_handle reads."""
-        blob = registry.version_artifact_path(version)
-        self.source_blob = blob
-        if version.format != ModelVersion.Format.SAVED_MODEL:
-            suffix = Path(version.artifact_filename).suffix or (".tflite" if version.format == "tflite" else ".keras")
-            target = dest.with_suffix(suffix)
-            target.symlink_to(blob)
-            return target
-        _, container = inspection.detect_container(version.artifact_filename)
-        dest.mkdir(parents=True)
-        archives.extract(blob, dest, container)
-        return inspection.find_saved_model_root(dest)
+        unpacked = registry.version_unpack(version, dest)  # verifies the digest first
+        self.source_blob = registry.artifact_store().blob_path(version.artifact_sha256)
+        return unpacked
 
     def _datasets(self) -> dict[str, Arrays | None]:
         job = self.job

@@ -41,7 +41,11 @@ class AuditEventFilter(django_filters.FilterSet):
     action = django_filters.CharFilter(field_name="action")
     object_type = django_filters.CharFilter(field_name="object_type")
     object_id = django_filters.CharFilter(field_name="object_id")
+    release = django_filters.NumberFilter(method="filter_release", help_text="Events of one release.")
 
     class Meta:
         model = AuditEvent
-        fields = ["model", "version", "action", "object_type", "object_id"]
+        fields = ["model", "version", "action", "object_type", "object_id", "release"]
+
+    def filter_release(self, queryset, name, value):  # type: ignore[no-untyped-def]
+        return queryset.filter(object_type="releases.release", object_id=str(int(value)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -10,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from registry import audit, datasets, inspection
+from registry import archives, audit, datasets, inspection
 from registry.blobstore import artifact_store
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
@@ -196,9 +197,24 @@ def version_update(
     return version
 
 
-def version_artifact_path(version: ModelVersion):  # -> Path
+def version_artifact_path(version: ModelVersion) -> Path:
     """The verified on-disk path of a version's artifact (raises if the bytes were damaged)."""
     return artifact_store().verify(version.artifact_sha256, version.artifact_size)
+
+
+def version_unpack(version: ModelVersion, dest: Path) -> Path:
+    """Verify the artifact and make it loadable under ``dest``: a SavedModel archive is unpacked
+    (safely) and its root directory returned; a single-file model is linked as ``dest.<suffix>``."""
+    blob = version_artifact_path(version)
+    if version.format != ModelVersion.Format.SAVED_MODEL:
+        suffix = Path(version.artifact_filename).suffix or (".tflite" if version.format == "tflite" else ".keras")
+        target = dest.with_suffix(suffix)
+        target.symlink_to(blob)
+        return target
+    _, container = inspection.detect_container(version.artifact_filename)
+    dest.mkdir(parents=True)
+    archives.extract(blob, dest, container)
+    return inspection.find_saved_model_root(dest)
 
 
 # --- Aliases ---------------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""Admin: releases with their gates and audit trail; approve/reject actions call the same
+services as the API (same permission and four-eyes rules)."""
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils.html import format_html, format_html_join
+
+from registry.errors import RegistryError
+from registry.models import AuditEvent
+from releases import services
+from releases.models import Approval, Environment, Release, ReleasePolicy
+
+
+class DecisionForm(forms.Form):
+    comment = forms.CharField(widget=forms.Textarea, required=True)
+    override_reason = forms.CharField(widget=forms.Textarea, required=False,
+                                      help_text="Required to approve despite failing gates.")
+
+
+class ApprovalInline(admin.TabularInline):
+    model = Approval
+    fields = ["actor", "decision", "comment", "override_reason", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Release)
+class ReleaseAdmin(admin.ModelAdmin):
+    list_display = ["id", "version", "environment", "state", "gates_badge", "requester", "image_digest", "created_at"]
+    list_filter = ["state", "environment", "version__model"]
+    list_select_related = ["version__model", "environment", "requester"]
+    search_fields = ["version__model__name", "notes", "image_digest"]
+    inlines = [ApprovalInline]
+    actions = ["approve", "reject"]
+    fieldsets = [
+        (None, {"fields": ["version", "environment", "state", "requester", "notes"]}),
+        ("Gates", {"fields": ["gates_table", "gates_passed", "baseline", "override_reason"]}),
+        ("Image", {"fields": ["image_repository", "image_tag", "image_id", "image_digest", "image_size",
+                              "context_sha256", "build_log"]}),
+        ("Failure", {"fields": ["failure_step", "failure_reason", "retryable"]}),
+        ("Audit trail", {"fields": ["audit_trail"]}),
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f for fs in self.fieldsets for f in fs[1]["fields"]]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # releases are requested through the API, which runs release_create
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Gates")
+    def gates_badge(self, release: Release) -> str:
+        if release.gates_passed is None:
+            return "—"
+        return "pass" if release.gates_passed else "FAIL"
+
+    @admin.display(description="Gate results")
+    def gates_table(self, release: Release) -> str:
+        rows = ((g["gate"], "pass" if g["passed"] else "FAIL", g["threshold"], g["value"], g["message"])
+                for g in release.gates)
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
+        return format_html("<table><tr><th>gate</th><th>result</th><th>threshold</th><th>value</th><th>why</th>"
+                           "</tr>{}</table>", body)
+
+    @admin.display(description="Audit trail")
+    def audit_trail(self, release: Release) -> str:
+        events = AuditEvent.objects.filter(object_type="releases.release", object_id=str(release.pk)).order_by("id")
+        return format_html("<ol>{}</ol>", format_html_join(
+            "", "<li>{} — {} by {} {}</li>",
+            ((e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.action, e.actor or "system", e.comment)
+             for e in events)))
+
+    def _decide(self, request: HttpRequest, queryset: QuerySet[Release], decision: str) -> HttpResponse | None:
+        if "apply" in request.POST:
+            form = DecisionForm(request.POST)
+            if form.is_valid():
+                for release in queryset:
+                    try:
+                        if decision == "approve":
+                            services.release_approve(release=release, actor=request.user,
+                                                     comment=form.cleaned_data["comment"],
+                                                     override_reason=form.cleaned_data["override_reason"])
+                        else:
+                            services.release_reject(release=release, actor=request.user,
+                                                    comment=form.cleaned_data["comment"])
+                        self.message_user(request, f"Release {release.pk}: {decision}d.")
+                    except RegistryError as exc:
+                        self.message_user(request, f"Release {release.pk}: {exc.message}", messages.ERROR)
+                return None
+        else:
+            form = DecisionForm()
+        return render(request, "releases/decide.html", {
+            "form": form, "releases": queryset, "decision": decision, "action": f"{decision}",
+            "opts": self.model._meta, "title": f"{decision.title()} releases"})
+
+    @admin.action(description="Approve selected releases (with a comment)")
+    def approve(self, request: HttpRequest, queryset: QuerySet[Release]) -> HttpResponse | None:
+        return self._decide(request, queryset, "approve")
+
+    @admin.action(description="Reject selected releases (with a comment)")
+    def reject(self, request: HttpRequest, queryset: QuerySet[Release]) -> HttpResponse | None:
+        return self._decide(request, queryset, "reject")
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(admin.ModelAdmin):
+    list_display = ["name", "four_eyes", "auto_approve", "auto_promote", "max_accuracy_drop", "prefer_tflite"]
+
+
+@admin.register(ReleasePolicy)
+class ReleasePolicyAdmin(admin.ModelAdmin):
+    list_display = ["model", "environment", "max_accuracy_drop", "max_p95_latency_ms", "min_size_reduction"]

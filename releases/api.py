@@ -1,0 +1,112 @@
+"""REST API for releases: request, submit, approve/reject (four-eyes), cancel, build."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, permissions, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from registry import services as registry
+from releases import services
+from releases.models import Environment, Release
+from releases.serializers import (
+    CommentInput, DecisionInput, EnvironmentOutput, ReleaseCreateInput, ReleaseDetailOutput, ReleaseOutput,
+)
+
+
+def _releases() -> QuerySet[Release]:
+    return Release.objects.select_related("version__model", "environment", "requester", "baseline")
+
+
+def _detail(release_id: int, code: int = status.HTTP_200_OK) -> Response:
+    release = _releases().prefetch_related("approvals__actor").get(pk=release_id)
+    return Response(ReleaseDetailOutput(release).data, status=code)
+
+
+class ReleaseList(generics.ListAPIView):
+    """Releases, newest first (filters ``state``, ``environment``, ``model``). POST requests one."""
+
+    serializer_class = ReleaseOutput
+    queryset = Release.objects.none()
+
+    def get_queryset(self) -> QuerySet[Release]:
+        releases = _releases()
+        params = self.request.query_params
+        if state := params.get("state"):
+            releases = releases.filter(state=state)
+        if env := params.get("environment"):
+            releases = releases.filter(environment__name=env)
+        if model := params.get("model"):
+            releases = releases.filter(version__model__name=model)
+        return releases
+
+    @extend_schema(request=ReleaseCreateInput, responses={201: ReleaseDetailOutput})
+    def post(self, request: Request) -> Response:
+        serializer = ReleaseCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        version = registry.get_version(registry.get_model(data["model"]), data["version"])
+        release = services.release_create(version=version, environment=services.get_environment(data["environment"]),
+                                          requester=request.user, notes=data["notes"])
+        return _detail(release.pk, status.HTTP_201_CREATED)
+
+
+class ReleaseDetail(APIView):
+    queryset = Release.objects.none()
+
+    @extend_schema(responses=ReleaseDetailOutput)
+    def get(self, request: Request, release_id: int) -> Response:
+        return _detail(services.get_release(release_id).pk)
+
+
+class _Transition(APIView):
+    """POST /releases/{id}/<action>/: validate the body, call one service, answer with the release."""
+
+    queryset = Release.objects.none()
+    permission_action = "change"
+    input_class: type = CommentInput
+
+    def call(self, release: Release, actor: Any, data: dict[str, Any]) -> Release:
+        raise NotImplementedError
+
+    @extend_schema(responses=ReleaseDetailOutput)
+    def post(self, request: Request, release_id: int) -> Response:
+        serializer = self.input_class(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        release = self.call(services.get_release(release_id), request.user, serializer.validated_data)
+        return _detail(release.pk)
+
+
+def transition(service: Callable[..., Release], input_class: type = CommentInput, *,
+               decides: bool = False, takes_comment: bool = False) -> type[_Transition]:
+    class View(_Transition):
+        def call(self, release: Release, actor: Any, data: dict[str, Any]) -> Release:
+            kwargs = dict(data) if (decides or takes_comment) else {}
+            return service(release=release, actor=actor, **kwargs)
+
+    View.input_class = input_class
+    if decides:
+        # Deciding needs releases.approve_release, checked by the service (with four-eyes);
+        # the approver need not hold change_release.
+        View.permission_classes = [permissions.IsAuthenticated]
+    View.__name__ = f"{service.__name__.title().replace('_', '')}View"
+    View.post = extend_schema(request=input_class, responses=ReleaseDetailOutput)(View.post)  # type: ignore[method-assign]
+    return View
+
+
+ReleaseSubmit = transition(services.release_submit)
+ReleaseApprove = transition(services.release_approve, DecisionInput, decides=True)
+ReleaseReject = transition(services.release_reject, CommentInput, decides=True)
+ReleaseCancel = transition(services.release_cancel, CommentInput, takes_comment=True)
+ReleaseBuild = transition(services.release_build_request)
+
+
+class EnvironmentList(generics.ListAPIView):
+    serializer_class = EnvironmentOutput
+    queryset = Environment.objects.all()
+    pagination_class = None

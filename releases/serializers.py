@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from registry.models import AuditEvent
+from registry.serializers import AuditEventOutput
+from releases.models import Approval, Environment, Release
+
+
+class ReleaseCreateInput(serializers.Serializer):
+    model = serializers.CharField(max_length=100)
+    version = serializers.IntegerField(min_value=1)
+    environment = serializers.CharField(max_length=64)
+    notes = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class DecisionInput(serializers.Serializer):
+    comment = serializers.CharField(allow_blank=False, trim_whitespace=True)
+    override_reason = serializers.CharField(required=False, allow_blank=True, default="",
+                                            help_text="Required to approve despite failing gates; recorded.")
+
+
+class CommentInput(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ApprovalOutput(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor.get_username")
+
+    class Meta:
+        model = Approval
+        fields = ["actor", "decision", "comment", "override_reason", "created_at"]
+
+
+class EnvironmentOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Environment
+        fields = ["name", "description", "four_eyes", "auto_approve", "auto_promote", "max_accuracy_drop",
+                  "max_p95_latency_ms", "min_size_reduction", "required_datasets", "batching",
+                  "gpu_memory_fraction", "xla", "prefer_tflite", "gpu"]
+
+
+class ReleaseOutput(serializers.ModelSerializer):
+    model = serializers.CharField(source="version.model.name")
+    version = serializers.IntegerField(source="version.number")
+    environment = serializers.CharField(source="environment.name")
+    requester = serializers.CharField(source="requester.get_username")
+    baseline = serializers.IntegerField(source="baseline.number", allow_null=True, default=None)
+    image = serializers.SerializerMethodField()
+    failure = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Release
+        fields = ["id", "model", "version", "environment", "notes", "requester", "state", "gates", "gates_passed",
+                  "baseline", "override_reason", "image", "failure", "created_at", "updated_at", "submitted_at",
+                  "decided_at"]
+
+    def get_image(self, release: Release) -> dict[str, Any] | None:
+        if not (release.image_id or release.image_digest):
+            return None
+        return {"repository": release.image_repository, "tag": release.image_tag, "id": release.image_id,
+                "digest": release.image_digest, "size": release.image_size, "ref": release.image_ref,
+                "context_sha256": release.context_sha256}
+
+    def get_failure(self, release: Release) -> dict[str, Any] | None:
+        if not release.failure_reason:
+            return None
+        return {"step": release.failure_step, "reason": release.failure_reason, "retryable": release.retryable}
+
+
+class ReleaseDetailOutput(ReleaseOutput):
+    approvals = ApprovalOutput(many=True, read_only=True)
+    audit_trail = serializers.SerializerMethodField()
+    build_log = serializers.CharField()
+
+    class Meta(ReleaseOutput.Meta):
+        fields = [*ReleaseOutput.Meta.fields, "approvals", "audit_trail", "build_log"]
+
+    def get_audit_trail(self, release: Release) -> list[dict[str, Any]]:
+        events = (AuditEvent.objects.filter(object_type="releases.release", object_id=str(release.pk))
+                  .select_related("actor", "model", "version").order_by("created_at", "id"))
+        return AuditEventOutput(events, many=True).data

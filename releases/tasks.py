@@ -1,0 +1,11 @@
+"""Background tasks for releases: thin wrappers over services, safe to run twice."""
+from __future__ import annotations
+
+from django_tasks import task
+
+
+@task(queue_name="default")
+def build_release_image(release_id: int) -> None:
+    from releases import builds
+
+    builds.release_build_run(release_id=release_id)
