@@ -31,7 +31,7 @@ def _valid(serializer_class: type, data: Any) -> dict[str, Any]:
 
 def _models() -> QuerySet[RegisteredModel]:
     return (RegisteredModel.objects.select_related("owner").prefetch_related("tags")
-            .annotate(latest_version=Max("versions__number")))
+            .annotate(latest_version=Max("versions__number")).order_by("name"))
 
 
 class ModelList(generics.ListAPIView):
