@@ -1,0 +1,169 @@
+"""Fixtures for the promotion engine tests: real model servers and tiny real SavedModels.
+
+Import them into a test module with `from tests.releases.serving_fixtures import *`.
+
+Servers are `python -m serving` processes (or, with TF_SERVING_BINARY=/path/to/
+tensorflow_model_server, the real TF Serving with the same flags) on free ports, each with its own
+model repository and models.config, as tests/serving/ starts them. The engine only ever talks to
+them through the public protocol.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+
+from releases.promotion_engine import RepositoryEndpoint
+from releases.tfserving import TFServingClient
+
+__all__ = ["Models", "LiveServer", "tiny_models", "launch_server", "live_server", "free_port",
+           "STARTUP_TIMEOUT"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REAL_BINARY = os.environ.get("TF_SERVING_BINARY", "")
+STARTUP_TIMEOUT = 90.0
+EMPTY_CONFIG = "model_config_list {\n}\n"
+
+
+# --- models --------------------------------------------------------------------------------------
+
+@dataclass
+class Models:
+    """SavedModels with serving_default x: float32[None, 4] -> y: float32[None, 2].
+
+    `a`, `b`, `c` are the same architecture with different weights; `corrupt` has a
+    saved_model.pb that is not a SavedModel; `samples[k]` are answers computed by calling
+    Keras model k directly (what the server must reproduce).
+    """
+
+    root: Path
+    paths: dict[str, Path]
+    samples: dict[str, dict[str, Any]]
+
+    def __getitem__(self, key: str) -> Path:
+        return self.paths[key]
+
+
+def _build_models(root: Path) -> Models:
+    import tf_keras
+
+    x = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0], [-3.0, 0.0, 0.5, 2.0]], np.float32)
+    paths: dict[str, Path] = {}
+    samples: dict[str, dict[str, Any]] = {}
+    for key, seed in (("a", 1), ("b", 2), ("c", 3)):
+        tf_keras.utils.set_random_seed(seed)
+        inputs = tf_keras.Input(shape=(4,), name="x")
+        outputs = tf_keras.layers.Dense(2, name="y")(tf_keras.layers.Dense(3, activation="relu")(inputs))
+        model = tf_keras.Model(inputs, outputs)
+        paths[key] = root / key
+        model.save(str(paths[key]), save_format="tf")
+        samples[key] = {"inputs": x.tolist(), "outputs": model(x).numpy().tolist(),
+                        "input_name": "x", "output_name": "y", "dtype": "float32"}
+    corrupt = root / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    (corrupt / "variables").mkdir()
+    paths["corrupt"] = corrupt
+    return Models(root, paths, samples)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Models:
+    return _build_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """A model server process with its own repository (`base_dir`) and `config_path`."""
+
+    root: Path
+    poll_s: int
+    grpc_port: int = field(default_factory=free_port)
+    rest_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.base_dir = self.root / "models"
+        self.base_dir.mkdir(parents=True)
+        self.config_path = self.root / "models.config"
+        self.config_path.write_text(EMPTY_CONFIG)
+        self.log_path = self.root / "server.log"
+        self.client = TFServingClient(f"127.0.0.1:{self.grpc_port}",
+                                      rest_url=f"http://127.0.0.1:{self.rest_port}", timeout=10)
+        self.endpoint = RepositoryEndpoint(self.base_dir, self.config_path, self.client)
+
+    @property
+    def flags(self) -> list[str]:
+        return [f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
+                f"--model_config_file={self.config_path}",
+                f"--model_config_file_poll_wait_seconds={self.poll_s}",
+                "--file_system_poll_wait_seconds=1", "--max_num_load_retries=0"]
+
+    def start(self) -> "LiveServer":
+        command = [REAL_BINARY, *self.flags] if REAL_BINARY else [sys.executable, "-m", "serving", *self.flags]
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            if self.client.reachable(timeout=0.5):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready after {STARTUP_TIMEOUT}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+@pytest.fixture(scope="module")
+def launch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers for one module (`poll_s` = --model_config_file_poll_wait_seconds); all stop at the end."""
+    started: list[LiveServer] = []
+
+    def start(poll_s: int = 0) -> LiveServer:
+        server = LiveServer(tmp_path_factory.mktemp("endpoint"), poll_s)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def live_server(launch_server: Callable[..., LiveServer]) -> LiveServer:
+    """One server (config file read once) shared by a module; tests use their own model names."""
+    return launch_server(0)

@@ -1,0 +1,349 @@
+"""Promotion engine against real model server processes, through the public gRPC API only."""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from releases import promotion_engine as engine
+from releases.promotion_engine import (
+    PromotionFailed, RepositoryEndpoint, VersionExists, model_entry, policy_versions, read_config)
+from releases.tfserving import (
+    ModelServerConfig, EndpointUnreachable, LoadFailed, TFServingClient, VersionNotLoaded, WrongAnswers)
+from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
+from tests.releases.serving_fixtures import LiveServer, Models, free_port
+
+TOLERANCE = (1e-5, 1e-6)
+HAPPY_STEPS = ["lock", "check", "stage", "load", "available", "canary", "validate", "promote", "done"]
+
+
+@pytest.fixture
+def model_name(request: pytest.FixtureRequest) -> str:
+    """Tests share one server: each uses its own model name."""
+    return re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60]
+
+
+def promote(server: LiveServer, models: Models, model: str, version: int, source: str,
+            samples_of: str | None = None, **kwargs) -> engine.PromotionResult:
+    return engine.promote(server.endpoint, model_name=model, version=version,
+                          saved_model_src=models[source], samples=models.samples[samples_of or source],
+                          tolerance=TOLERANCE, deadline_s=30, **kwargs)
+
+
+def served_by(server: LiveServer, model: str, label: str, models: Models, source: str = "a") -> int:
+    sample = models.samples[source]
+    _, version = server.client.predict(model, {"x": np.asarray(sample["inputs"], np.float32)}, label=label)
+    return version
+
+
+def entry_of(server: LiveServer, model: str):
+    return model_entry(read_config(server.config_path), model)
+
+
+def assert_config_consistent(server: LiveServer, model: str) -> None:
+    """The file parses, every label names a version in the policy, and that version is AVAILABLE."""
+    config = ModelServerConfig()
+    text_format.Parse(server.config_path.read_text(), config)
+    entry = model_entry(config, model)
+    versions = policy_versions(entry)
+    status = server.client.model_status(model)
+    for label, version in entry.version_labels.items():
+        assert version in versions, (label, version, versions)
+        assert status[version][0] == "AVAILABLE", (label, version, status)
+
+
+# --- staging, no server --------------------------------------------------------------------------
+
+def test_stage_publishes_by_rename_and_never_overwrites(tiny_models: Models, tmp_path: Path) -> None:
+    staged = engine.stage_version(tmp_path, "m", 1, tiny_models["a"])
+    assert staged.created and staged.path == tmp_path / "m" / "1"
+    assert engine.tree_sha256(staged.path) == engine.tree_sha256(tiny_models["a"]) == staged.tree_sha256
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]  # no .tmp-* left behind
+
+    again = engine.stage_version(tmp_path, "m", 1, tiny_models["a"])  # identical: idempotent no-op
+    assert not again.created and again.path == staged.path
+
+    with pytest.raises(VersionExists, match="never reused"):
+        engine.stage_version(tmp_path, "m", 1, tiny_models["b"])
+    assert engine.tree_sha256(staged.path) == engine.tree_sha256(tiny_models["a"])
+
+    with pytest.raises(engine.ArtifactMismatch):
+        engine.stage_version(tmp_path, "m", 2, tiny_models["b"], expected_sha256="0" * 64)
+    assert not (tmp_path / "m" / "2").exists()
+    ok = engine.stage_version(tmp_path, "m", 2, tiny_models["b"],
+                              expected_sha256=engine.tree_sha256(tiny_models["b"]))
+    assert ok.created
+
+
+def test_config_written_atomically_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "models.config"
+    config = engine.with_model(engine.empty_config(), "m", "/models/m", {2, 1}, {"stable": 1})
+    engine.write_config_atomically(path, config)
+    assert read_config(path) == config
+    assert "versions: 1" in path.read_text() and [p.name for p in tmp_path.iterdir()] == ["models.config"]
+    assert read_config(tmp_path / "missing.config") == engine.empty_config()
+
+
+# --- promotions against a live server --------------------------------------------------------------
+
+def test_first_promotion_to_an_empty_endpoint(live_server: LiveServer, tiny_models: Models,
+                                              model_name: str) -> None:
+    steps: list[tuple[str, str]] = []
+    result = promote(live_server, tiny_models, model_name, 1, "a", on_step=lambda s, m: steps.append((s, m)))
+
+    assert [s for s, _ in steps] == HAPPY_STEPS
+    assert (result.previous_version, result.new_version) == (None, 1)
+    entry = entry_of(live_server, model_name)
+    assert entry.base_path == str(live_server.base_dir / model_name)
+    assert policy_versions(entry) == {1}
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 1}
+    assert served_by(live_server, model_name, "stable", tiny_models) == 1
+    assert sorted(p.name for p in (live_server.base_dir / model_name).iterdir()) == ["1"]
+    assert_config_consistent(live_server, model_name)
+
+
+def test_second_promotion_moves_stable_and_keeps_previous_loaded(
+        live_server: LiveServer, tiny_models: Models, model_name: str) -> None:
+    promote(live_server, tiny_models, model_name, 1, "a")
+    result = promote(live_server, tiny_models, model_name, 2, "b")
+
+    assert (result.previous_version, result.new_version) == (1, 2)
+    entry = entry_of(live_server, model_name)
+    assert policy_versions(entry) == {1, 2}
+    assert dict(entry.version_labels) == {"stable": 2, "canary": 2}
+    status = live_server.client.model_status(model_name)
+    assert status[1][0] == status[2][0] == "AVAILABLE"
+    assert served_by(live_server, model_name, "stable", tiny_models) == 2
+    assert_config_consistent(live_server, model_name)
+
+    # A third promotion serves {stable, new} = {2, 3}: version 1 is unloaded.
+    promote(live_server, tiny_models, model_name, 3, "c")
+    assert policy_versions(entry_of(live_server, model_name)) == {2, 3}
+    assert live_server.client.model_status(model_name)[1][0] == "END"
+
+    # retire: only 3 stays loaded; directories of older versions go.
+    retired = engine.retire(live_server.endpoint, model_name, {3}, delete_dirs=True, grace_s=0.2)
+    assert retired.dropped == (2,)
+    assert sorted(p.name for p in (live_server.base_dir / model_name).iterdir()) == ["3"]
+    assert served_by(live_server, model_name, "stable", tiny_models) == 3
+    assert_config_consistent(live_server, model_name)
+
+
+def test_rollback_flips_stable_back_in_one_reload(live_server: LiveServer, tiny_models: Models,
+                                                  model_name: str) -> None:
+    promote(live_server, tiny_models, model_name, 1, "a")
+    promote(live_server, tiny_models, model_name, 2, "b")
+
+    started = time.monotonic()
+    change = engine.rollback(live_server.endpoint, model_name=model_name, to_version=1)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 2.0, elapsed
+    assert (change.stable_before, change.stable_after) == (2, 1)
+    assert served_by(live_server, model_name, "stable", tiny_models) == 1
+    assert served_by(live_server, model_name, "canary", tiny_models) == 1
+    assert policy_versions(entry_of(live_server, model_name)) == {1, 2}  # 2 stays loaded
+    assert_config_consistent(live_server, model_name)
+
+    with pytest.raises(VersionNotLoaded, match="re-stage"):
+        engine.rollback(live_server.endpoint, model_name=model_name, to_version=7)
+
+
+def test_canary_only_then_complete(live_server: LiveServer, tiny_models: Models, model_name: str) -> None:
+    promote(live_server, tiny_models, model_name, 1, "a")
+    result = promote(live_server, tiny_models, model_name, 2, "b", canary_only=True)
+
+    assert result.canary_only and [s for s, _ in result.steps][-2:] == ["hold", "done"]
+    assert dict(entry_of(live_server, model_name).version_labels) == {"stable": 1, "canary": 2}
+    assert served_by(live_server, model_name, "stable", tiny_models) == 1
+    assert served_by(live_server, model_name, "canary", tiny_models) == 2
+
+    change = engine.complete_canary(live_server.endpoint, model_name)
+    assert (change.stable_before, change.stable_after) == (1, 2)
+    assert served_by(live_server, model_name, "stable", tiny_models) == 2
+    assert policy_versions(entry_of(live_server, model_name)) == {1, 2}
+    assert_config_consistent(live_server, model_name)
+
+
+# --- faults ----------------------------------------------------------------------------------------
+
+def test_endpoint_down_changes_nothing(tiny_models: Models, tmp_path: Path) -> None:
+    config_path = tmp_path / "models.config"
+    config_path.write_text("model_config_list {\n}\n")
+    before = config_path.read_bytes()
+    client = TFServingClient(f"127.0.0.1:{free_port()}", timeout=2)
+    endpoint = RepositoryEndpoint(tmp_path / "models", config_path, client)
+
+    started = time.monotonic()
+    with pytest.raises(PromotionFailed) as info:
+        engine.promote(endpoint, model_name="m", version=1, saved_model_src=tiny_models["a"],
+                       samples=tiny_models.samples["a"], deadline_s=10)
+    client.close()
+
+    assert time.monotonic() - started < 5
+    error = info.value
+    assert error.step == "check" and isinstance(error.reason, EndpointUnreachable)
+    assert "does not answer; nothing was staged or changed" in str(error)
+    assert config_path.read_bytes() == before
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [".modelyard.lock"]
+
+
+def test_corrupt_savedmodel_fails_and_restores(live_server: LiveServer, tiny_models: Models,
+                                               model_name: str) -> None:
+    promote(live_server, tiny_models, model_name, 1, "a")
+    before = live_server.config_path.read_text()
+    steps: list[str] = []
+
+    with pytest.raises(PromotionFailed) as info:
+        promote(live_server, tiny_models, model_name, 2, "corrupt", samples_of="a",
+                on_step=lambda s, m: steps.append(s))
+
+    error = info.value
+    assert error.step == "available" and isinstance(error.reason, LoadFailed), error
+    assert "Version 2" in str(error) and "failed to load" in str(error)
+    assert error.restored and steps[-1] == "restore"
+    assert live_server.config_path.read_text() == before
+    assert not (live_server.base_dir / model_name / "2").exists()
+    assert live_server.client.model_status(model_name)[2][0] == "END"
+    assert served_by(live_server, model_name, "stable", tiny_models) == 1
+    assert_config_consistent(live_server, model_name)
+
+
+def test_corrupt_first_promotion_leaves_no_model(live_server: LiveServer, tiny_models: Models,
+                                                 model_name: str) -> None:
+    before = live_server.config_path.read_text()
+    with pytest.raises(PromotionFailed) as info:
+        promote(live_server, tiny_models, model_name, 1, "corrupt", samples_of="a")
+    assert isinstance(info.value.reason, LoadFailed), info.value
+    assert live_server.config_path.read_text() == before
+    assert entry_of(live_server, model_name) is None
+    assert not (live_server.base_dir / model_name / "1").exists()
+
+
+def test_wrong_answers_fail_validation_and_restore(live_server: LiveServer, tiny_models: Models,
+                                                   model_name: str) -> None:
+    promote(live_server, tiny_models, model_name, 1, "a")
+    before = live_server.config_path.read_text()
+
+    # Model b has a's signature but other weights; the recorded answers are a's.
+    with pytest.raises(PromotionFailed) as info:
+        promote(live_server, tiny_models, model_name, 2, "b", samples_of="a")
+
+    error = info.value
+    assert error.step == "validate" and isinstance(error.reason, WrongAnswers), error
+    assert "answered differently from the recorded outputs" in str(error)
+    assert live_server.config_path.read_text() == before
+    assert dict(entry_of(live_server, model_name).version_labels) == {"stable": 1, "canary": 1}
+    assert not (live_server.base_dir / model_name / "2").exists()
+    assert served_by(live_server, model_name, "stable", tiny_models) == 1
+    assert_config_consistent(live_server, model_name)
+
+
+def test_concurrent_promotions_are_serialized(live_server: LiveServer, tiny_models: Models,
+                                              model_name: str) -> None:
+    promote(live_server, tiny_models, model_name, 1, "a")
+    events: list[tuple[int, str]] = []
+    results: dict[int, object] = {}
+
+    def run(version: int, source: str) -> None:
+        try:
+            results[version] = promote(live_server, tiny_models, model_name, version, source,
+                                       on_step=lambda s, m: events.append((version, s)))
+        except Exception as exc:  # reported below
+            results[version] = exc
+
+    threads = [threading.Thread(target=run, args=(2, "b")), threading.Thread(target=run, args=(3, "c"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert all(isinstance(r, engine.PromotionResult) for r in results.values()), results
+    order = [v for v, _ in events]
+    first = order[0]
+    # One promotion ran start to finish, then the other: no interleaving of their steps.
+    assert order == [first] * len(HAPPY_STEPS) + [5 - first] * len(HAPPY_STEPS), events
+    last = 5 - first
+    entry = entry_of(live_server, model_name)
+    assert dict(entry.version_labels) == {"stable": last, "canary": last}
+    assert policy_versions(entry) == {2, 3}
+    assert served_by(live_server, model_name, "stable", tiny_models) == last
+    assert_config_consistent(live_server, model_name)
+
+
+def test_promotion_under_traffic_drops_no_request(live_server: LiveServer, tiny_models: Models,
+                                                  model_name: str) -> None:
+    promote(live_server, tiny_models, model_name, 1, "a")
+    x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
+    log: list[tuple[float, int | None, str]] = []  # (sent at, version served, error)
+    stop = threading.Event()
+    client = TFServingClient(live_server.client.grpc_target, timeout=5)
+
+    def traffic() -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                _, version = client.predict(model_name, {"x": x}, label="stable")
+                log.append((sent, version, ""))
+            except Exception as exc:
+                log.append((sent, None, str(exc)))
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        promote(live_server, tiny_models, model_name, 2, "b")
+        flipped = time.monotonic()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        client.close()
+
+    failures = [entry for entry in log if entry[2]]
+    seen = {v for _, v, _ in log if v is not None}
+    after = [v for sent, v, _ in log if sent >= flipped]
+    print(f"\ntraffic during promotion: {len(log)} requests, {len(failures)} failed, "
+          f"versions seen {sorted(seen)}, {sum(1 for e in log if e[1] == 1)} by v1, "
+          f"{sum(1 for e in log if e[1] == 2)} by v2, {len(after)} sent after the flip")
+    assert not failures, failures[:3]
+    assert seen == {1, 2}
+    assert after and set(after) == {2}
+    # Once a request was answered by v2, later requests never went back to v1.
+    first_v2 = next(i for i, (_, v, _) in enumerate(log) if v == 2)
+    assert {v for _, v, _ in log[first_v2:]} == {2}
+
+
+# --- a server that polls models.config ------------------------------------------------------------
+
+def test_file_and_reload_agree_when_the_server_polls_the_config(
+        launch_server, tiny_models: Models, model_name: str) -> None:
+    server = launch_server(1)  # --model_config_file_poll_wait_seconds=1
+    promote(server, tiny_models, model_name, 1, "a")
+    promote(server, tiny_models, model_name, 2, "b")
+
+    # A reload alone (not written to the file) is undone by the next poll...
+    config = read_config(server.config_path)
+    entry = model_entry(config, model_name)
+    entry.version_labels["stable"] = 1
+    server.client.reload_config(config)
+    assert served_by(server, model_name, "stable", tiny_models) == 1
+    deadline = time.monotonic() + 5
+    while served_by(server, model_name, "stable", tiny_models) != 2:
+        assert time.monotonic() < deadline, "the poll did not re-apply models.config"
+        time.sleep(0.2)
+
+    # ...while what the engine did (file + reload) survives polls.
+    engine.rollback(server.endpoint, model_name=model_name, to_version=1)
+    for _ in range(3):
+        time.sleep(1.0)
+        assert served_by(server, model_name, "stable", tiny_models) == 1
+    assert_config_consistent(server, model_name)
+    assert "Failed to reload model config" not in server.output()
