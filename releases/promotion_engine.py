@@ -460,7 +460,8 @@ def check_answers(client: TFServingClient, model_name: str, version: int, sample
         raise WrongAnswers(
             f"{model_name} version {version} answered differently from the recorded outputs: "
             f"{bad} of {diff.size} values off, worst at {list(map(int, worst))}: got "
-            f"{actual[worst]!r}, expected {expected[worst]!r} (rtol={rtol:g}, atol={atol:g})")
+            f"{float(actual[worst]):.6g}, expected {float(expected[worst]):.6g} "
+            f"(rtol={rtol:g}, atol={atol:g})")
 
 
 # --- promotion -----------------------------------------------------------------------------------
@@ -510,12 +511,19 @@ def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, save
 
     Steps, each reported as on_step(step, message):
       lock, check, [pin], stage, load, available, canary, validate, promote | hold, done
-    and on failure: restore, then PromotionFailed(step, reason) is raised.
+    and on failure: restore, failed; then PromotionFailed(step, reason) is raised (step = where it
+    stopped, reason = the TFServingError/OSError behind it).
     `deadline_s` bounds the whole promotion once the lock is held (loading included).
     """
     _check_model_name(model_name)
     parsed = Samples.parse(samples)
     report = _Reporter(on_step)
+    if not endpoint.client.reachable():  # before the lock, so a dead endpoint leaves no trace at all
+        error = PromotionFailed("check", EndpointUnreachable(
+            f"TF Serving endpoint {endpoint.client.grpc_target} does not answer; nothing was staged or "
+            f"changed"), model_name=model_name, version=version)
+        report("failed", error.message)
+        raise error
     with endpoint.locked():
         report("lock", f"holding {endpoint.base_dir / LOCK_NAME}")
         run = _Promotion(endpoint, model_name, version, Path(saved_model_src), parsed, tolerance,
@@ -674,8 +682,10 @@ class _Promotion:
         if removed is not None:
             note += f"; removed {removed}"
         self.report("restore", note)
-        return PromotionFailed(step, exc, model_name=self.model, version=self.version,
-                               restored=restored, restore_error=restore_error, removed_dir=removed)
+        error = PromotionFailed(step, exc, model_name=self.model, version=self.version,
+                                restored=restored, restore_error=restore_error, removed_dir=removed)
+        self.report("failed", error.message)
+        return error
 
 
 # --- label flips and clean-up -------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import pytest
 from releases.promotion_engine import RepositoryEndpoint
 from releases.tfserving import TFServingClient
 
-__all__ = ["Models", "LiveServer", "tiny_models", "launch_server", "live_server", "free_port",
+__all__ = ["Models", "LiveServer", "tiny_models", "launch_server", "model_server", "free_port",
            "STARTUP_TIMEOUT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -164,6 +164,6 @@ def launch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
 
 
 @pytest.fixture(scope="module")
-def live_server(launch_server: Callable[..., LiveServer]) -> LiveServer:
+def model_server(launch_server: Callable[..., LiveServer]) -> LiveServer:
     """One server (config file read once) shared by a module; tests use their own model names."""
     return launch_server(0)

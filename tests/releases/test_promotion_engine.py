@@ -92,83 +92,83 @@ def test_config_written_atomically_round_trips(tmp_path: Path) -> None:
 
 # --- promotions against a live server --------------------------------------------------------------
 
-def test_first_promotion_to_an_empty_endpoint(live_server: LiveServer, tiny_models: Models,
+def test_first_promotion_to_an_empty_endpoint(model_server: LiveServer, tiny_models: Models,
                                               model_name: str) -> None:
     steps: list[tuple[str, str]] = []
-    result = promote(live_server, tiny_models, model_name, 1, "a", on_step=lambda s, m: steps.append((s, m)))
+    result = promote(model_server, tiny_models, model_name, 1, "a", on_step=lambda s, m: steps.append((s, m)))
 
     assert [s for s, _ in steps] == HAPPY_STEPS
     assert (result.previous_version, result.new_version) == (None, 1)
-    entry = entry_of(live_server, model_name)
-    assert entry.base_path == str(live_server.base_dir / model_name)
+    entry = entry_of(model_server, model_name)
+    assert entry.base_path == str(model_server.base_dir / model_name)
     assert policy_versions(entry) == {1}
     assert dict(entry.version_labels) == {"stable": 1, "canary": 1}
-    assert served_by(live_server, model_name, "stable", tiny_models) == 1
-    assert sorted(p.name for p in (live_server.base_dir / model_name).iterdir()) == ["1"]
-    assert_config_consistent(live_server, model_name)
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
+    assert sorted(p.name for p in (model_server.base_dir / model_name).iterdir()) == ["1"]
+    assert_config_consistent(model_server, model_name)
 
 
 def test_second_promotion_moves_stable_and_keeps_previous_loaded(
-        live_server: LiveServer, tiny_models: Models, model_name: str) -> None:
-    promote(live_server, tiny_models, model_name, 1, "a")
-    result = promote(live_server, tiny_models, model_name, 2, "b")
+        model_server: LiveServer, tiny_models: Models, model_name: str) -> None:
+    promote(model_server, tiny_models, model_name, 1, "a")
+    result = promote(model_server, tiny_models, model_name, 2, "b")
 
     assert (result.previous_version, result.new_version) == (1, 2)
-    entry = entry_of(live_server, model_name)
+    entry = entry_of(model_server, model_name)
     assert policy_versions(entry) == {1, 2}
     assert dict(entry.version_labels) == {"stable": 2, "canary": 2}
-    status = live_server.client.model_status(model_name)
+    status = model_server.client.model_status(model_name)
     assert status[1][0] == status[2][0] == "AVAILABLE"
-    assert served_by(live_server, model_name, "stable", tiny_models) == 2
-    assert_config_consistent(live_server, model_name)
+    assert served_by(model_server, model_name, "stable", tiny_models) == 2
+    assert_config_consistent(model_server, model_name)
 
     # A third promotion serves {stable, new} = {2, 3}: version 1 is unloaded.
-    promote(live_server, tiny_models, model_name, 3, "c")
-    assert policy_versions(entry_of(live_server, model_name)) == {2, 3}
-    assert live_server.client.model_status(model_name)[1][0] == "END"
+    promote(model_server, tiny_models, model_name, 3, "c")
+    assert policy_versions(entry_of(model_server, model_name)) == {2, 3}
+    assert model_server.client.model_status(model_name)[1][0] == "END"
 
     # retire: only 3 stays loaded; directories of older versions go.
-    retired = engine.retire(live_server.endpoint, model_name, {3}, delete_dirs=True, grace_s=0.2)
+    retired = engine.retire(model_server.endpoint, model_name, {3}, delete_dirs=True, grace_s=0.2)
     assert retired.dropped == (2,)
-    assert sorted(p.name for p in (live_server.base_dir / model_name).iterdir()) == ["3"]
-    assert served_by(live_server, model_name, "stable", tiny_models) == 3
-    assert_config_consistent(live_server, model_name)
+    assert sorted(p.name for p in (model_server.base_dir / model_name).iterdir()) == ["3"]
+    assert served_by(model_server, model_name, "stable", tiny_models) == 3
+    assert_config_consistent(model_server, model_name)
 
 
-def test_rollback_flips_stable_back_in_one_reload(live_server: LiveServer, tiny_models: Models,
+def test_rollback_flips_stable_back_in_one_reload(model_server: LiveServer, tiny_models: Models,
                                                   model_name: str) -> None:
-    promote(live_server, tiny_models, model_name, 1, "a")
-    promote(live_server, tiny_models, model_name, 2, "b")
+    promote(model_server, tiny_models, model_name, 1, "a")
+    promote(model_server, tiny_models, model_name, 2, "b")
 
     started = time.monotonic()
-    change = engine.rollback(live_server.endpoint, model_name=model_name, to_version=1)
+    change = engine.rollback(model_server.endpoint, model_name=model_name, to_version=1)
     elapsed = time.monotonic() - started
 
     assert elapsed < 2.0, elapsed
     assert (change.stable_before, change.stable_after) == (2, 1)
-    assert served_by(live_server, model_name, "stable", tiny_models) == 1
-    assert served_by(live_server, model_name, "canary", tiny_models) == 1
-    assert policy_versions(entry_of(live_server, model_name)) == {1, 2}  # 2 stays loaded
-    assert_config_consistent(live_server, model_name)
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
+    assert served_by(model_server, model_name, "canary", tiny_models) == 1
+    assert policy_versions(entry_of(model_server, model_name)) == {1, 2}  # 2 stays loaded
+    assert_config_consistent(model_server, model_name)
 
     with pytest.raises(VersionNotLoaded, match="re-stage"):
-        engine.rollback(live_server.endpoint, model_name=model_name, to_version=7)
+        engine.rollback(model_server.endpoint, model_name=model_name, to_version=7)
 
 
-def test_canary_only_then_complete(live_server: LiveServer, tiny_models: Models, model_name: str) -> None:
-    promote(live_server, tiny_models, model_name, 1, "a")
-    result = promote(live_server, tiny_models, model_name, 2, "b", canary_only=True)
+def test_canary_only_then_complete(model_server: LiveServer, tiny_models: Models, model_name: str) -> None:
+    promote(model_server, tiny_models, model_name, 1, "a")
+    result = promote(model_server, tiny_models, model_name, 2, "b", canary_only=True)
 
     assert result.canary_only and [s for s, _ in result.steps][-2:] == ["hold", "done"]
-    assert dict(entry_of(live_server, model_name).version_labels) == {"stable": 1, "canary": 2}
-    assert served_by(live_server, model_name, "stable", tiny_models) == 1
-    assert served_by(live_server, model_name, "canary", tiny_models) == 2
+    assert dict(entry_of(model_server, model_name).version_labels) == {"stable": 1, "canary": 2}
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
+    assert served_by(model_server, model_name, "canary", tiny_models) == 2
 
-    change = engine.complete_canary(live_server.endpoint, model_name)
+    change = engine.complete_canary(model_server.endpoint, model_name)
     assert (change.stable_before, change.stable_after) == (1, 2)
-    assert served_by(live_server, model_name, "stable", tiny_models) == 2
-    assert policy_versions(entry_of(live_server, model_name)) == {1, 2}
-    assert_config_consistent(live_server, model_name)
+    assert served_by(model_server, model_name, "stable", tiny_models) == 2
+    assert policy_versions(entry_of(model_server, model_name)) == {1, 2}
+    assert_config_consistent(model_server, model_name)
 
 
 # --- faults ----------------------------------------------------------------------------------------
@@ -191,69 +191,69 @@ def test_endpoint_down_changes_nothing(tiny_models: Models, tmp_path: Path) -> N
     assert error.step == "check" and isinstance(error.reason, EndpointUnreachable)
     assert "does not answer; nothing was staged or changed" in str(error)
     assert config_path.read_bytes() == before
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [".modelyard.lock"]
+    assert not (tmp_path / "models").exists()  # not even the lock file
 
 
-def test_corrupt_savedmodel_fails_and_restores(live_server: LiveServer, tiny_models: Models,
+def test_corrupt_savedmodel_fails_and_restores(model_server: LiveServer, tiny_models: Models,
                                                model_name: str) -> None:
-    promote(live_server, tiny_models, model_name, 1, "a")
-    before = live_server.config_path.read_text()
+    promote(model_server, tiny_models, model_name, 1, "a")
+    before = model_server.config_path.read_text()
     steps: list[str] = []
 
     with pytest.raises(PromotionFailed) as info:
-        promote(live_server, tiny_models, model_name, 2, "corrupt", samples_of="a",
+        promote(model_server, tiny_models, model_name, 2, "corrupt", samples_of="a",
                 on_step=lambda s, m: steps.append(s))
 
     error = info.value
     assert error.step == "available" and isinstance(error.reason, LoadFailed), error
     assert "Version 2" in str(error) and "failed to load" in str(error)
-    assert error.restored and steps[-1] == "restore"
-    assert live_server.config_path.read_text() == before
-    assert not (live_server.base_dir / model_name / "2").exists()
-    assert live_server.client.model_status(model_name)[2][0] == "END"
-    assert served_by(live_server, model_name, "stable", tiny_models) == 1
-    assert_config_consistent(live_server, model_name)
+    assert error.restored and steps[-2:] == ["restore", "failed"]
+    assert model_server.config_path.read_text() == before
+    assert not (model_server.base_dir / model_name / "2").exists()
+    assert model_server.client.model_status(model_name)[2][0] == "END"
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
+    assert_config_consistent(model_server, model_name)
 
 
-def test_corrupt_first_promotion_leaves_no_model(live_server: LiveServer, tiny_models: Models,
+def test_corrupt_first_promotion_leaves_no_model(model_server: LiveServer, tiny_models: Models,
                                                  model_name: str) -> None:
-    before = live_server.config_path.read_text()
+    before = model_server.config_path.read_text()
     with pytest.raises(PromotionFailed) as info:
-        promote(live_server, tiny_models, model_name, 1, "corrupt", samples_of="a")
+        promote(model_server, tiny_models, model_name, 1, "corrupt", samples_of="a")
     assert isinstance(info.value.reason, LoadFailed), info.value
-    assert live_server.config_path.read_text() == before
-    assert entry_of(live_server, model_name) is None
-    assert not (live_server.base_dir / model_name / "1").exists()
+    assert model_server.config_path.read_text() == before
+    assert entry_of(model_server, model_name) is None
+    assert not (model_server.base_dir / model_name / "1").exists()
 
 
-def test_wrong_answers_fail_validation_and_restore(live_server: LiveServer, tiny_models: Models,
+def test_wrong_answers_fail_validation_and_restore(model_server: LiveServer, tiny_models: Models,
                                                    model_name: str) -> None:
-    promote(live_server, tiny_models, model_name, 1, "a")
-    before = live_server.config_path.read_text()
+    promote(model_server, tiny_models, model_name, 1, "a")
+    before = model_server.config_path.read_text()
 
     # Model b has a's signature but other weights; the recorded answers are a's.
     with pytest.raises(PromotionFailed) as info:
-        promote(live_server, tiny_models, model_name, 2, "b", samples_of="a")
+        promote(model_server, tiny_models, model_name, 2, "b", samples_of="a")
 
     error = info.value
     assert error.step == "validate" and isinstance(error.reason, WrongAnswers), error
     assert "answered differently from the recorded outputs" in str(error)
-    assert live_server.config_path.read_text() == before
-    assert dict(entry_of(live_server, model_name).version_labels) == {"stable": 1, "canary": 1}
-    assert not (live_server.base_dir / model_name / "2").exists()
-    assert served_by(live_server, model_name, "stable", tiny_models) == 1
-    assert_config_consistent(live_server, model_name)
+    assert model_server.config_path.read_text() == before
+    assert dict(entry_of(model_server, model_name).version_labels) == {"stable": 1, "canary": 1}
+    assert not (model_server.base_dir / model_name / "2").exists()
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
+    assert_config_consistent(model_server, model_name)
 
 
-def test_concurrent_promotions_are_serialized(live_server: LiveServer, tiny_models: Models,
+def test_concurrent_promotions_are_serialized(model_server: LiveServer, tiny_models: Models,
                                               model_name: str) -> None:
-    promote(live_server, tiny_models, model_name, 1, "a")
+    promote(model_server, tiny_models, model_name, 1, "a")
     events: list[tuple[int, str]] = []
     results: dict[int, object] = {}
 
     def run(version: int, source: str) -> None:
         try:
-            results[version] = promote(live_server, tiny_models, model_name, version, source,
+            results[version] = promote(model_server, tiny_models, model_name, version, source,
                                        on_step=lambda s, m: events.append((version, s)))
         except Exception as exc:  # reported below
             results[version] = exc
@@ -270,20 +270,20 @@ def test_concurrent_promotions_are_serialized(live_server: LiveServer, tiny_mode
     # One promotion ran start to finish, then the other: no interleaving of their steps.
     assert order == [first] * len(HAPPY_STEPS) + [5 - first] * len(HAPPY_STEPS), events
     last = 5 - first
-    entry = entry_of(live_server, model_name)
+    entry = entry_of(model_server, model_name)
     assert dict(entry.version_labels) == {"stable": last, "canary": last}
     assert policy_versions(entry) == {2, 3}
-    assert served_by(live_server, model_name, "stable", tiny_models) == last
-    assert_config_consistent(live_server, model_name)
+    assert served_by(model_server, model_name, "stable", tiny_models) == last
+    assert_config_consistent(model_server, model_name)
 
 
-def test_promotion_under_traffic_drops_no_request(live_server: LiveServer, tiny_models: Models,
+def test_promotion_under_traffic_drops_no_request(model_server: LiveServer, tiny_models: Models,
                                                   model_name: str) -> None:
-    promote(live_server, tiny_models, model_name, 1, "a")
+    promote(model_server, tiny_models, model_name, 1, "a")
     x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
     log: list[tuple[float, int | None, str]] = []  # (sent at, version served, error)
     stop = threading.Event()
-    client = TFServingClient(live_server.client.grpc_target, timeout=5)
+    client = TFServingClient(model_server.client.grpc_target, timeout=5)
 
     def traffic() -> None:
         while not stop.is_set():
@@ -298,10 +298,11 @@ def test_promotion_under_traffic_drops_no_request(live_server: LiveServer, tiny_
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        time.sleep(0.3)
-        promote(live_server, tiny_models, model_name, 2, "b")
+        time.sleep(0.5)
+        began = time.monotonic()
+        promote(model_server, tiny_models, model_name, 2, "b")
         flipped = time.monotonic()
-        time.sleep(0.3)
+        time.sleep(0.5)
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -312,7 +313,9 @@ def test_promotion_under_traffic_drops_no_request(live_server: LiveServer, tiny_
     after = [v for sent, v, _ in log if sent >= flipped]
     print(f"\ntraffic during promotion: {len(log)} requests, {len(failures)} failed, "
           f"versions seen {sorted(seen)}, {sum(1 for e in log if e[1] == 1)} by v1, "
-          f"{sum(1 for e in log if e[1] == 2)} by v2, {len(after)} sent after the flip")
+          f"{sum(1 for e in log if e[1] == 2)} by v2, "
+          f"{sum(1 for e in log if began <= e[0] < flipped)} sent during the {flipped - began:.3f} s "
+          f"promotion, {len(after)} sent after it returned")
     assert not failures, failures[:3]
     assert seen == {1, 2}
     assert after and set(after) == {2}
