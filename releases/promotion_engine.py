@@ -524,7 +524,13 @@ def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, save
             f"changed"), model_name=model_name, version=version)
         report("failed", error.message)
         raise error
-    with endpoint.locked():
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(endpoint.locked())
+        except ServingTimeout as exc:
+            error = PromotionFailed("lock", exc, model_name=model_name, version=version)
+            report("failed", error.message)
+            raise error from exc
         report("lock", f"holding {endpoint.base_dir / LOCK_NAME}")
         run = _Promotion(endpoint, model_name, version, Path(saved_model_src), parsed, tolerance,
                          canary_only, report, deadline_s, expected_sha256)

@@ -43,7 +43,8 @@ EMPTY_CONFIG = "model_config_list {\n}\n"
 class Models:
     """SavedModels with serving_default x: float32[None, 4] -> y: float32[None, 2].
 
-    `a`, `b`, `c` are the same architecture with different weights; `corrupt` has a
+    `a`, `b`, `c` are the same architecture with different weights; `renamed` calls its input
+    "features" instead of "x"; `corrupt` has a
     saved_model.pb that is not a SavedModel; `samples[k]` are answers computed by calling
     Keras model k directly (what the server must reproduce).
     """
@@ -71,6 +72,12 @@ def _build_models(root: Path) -> Models:
         model.save(str(paths[key]), save_format="tf")
         samples[key] = {"inputs": x.tolist(), "outputs": model(x).numpy().tolist(),
                         "input_name": "x", "output_name": "y", "dtype": "float32"}
+    # Same weights as `a`, but the input is called "features": a signature clients would break on.
+    tf_keras.utils.set_random_seed(1)
+    inputs = tf_keras.Input(shape=(4,), name="features")
+    outputs = tf_keras.layers.Dense(2, name="y")(tf_keras.layers.Dense(3, activation="relu")(inputs))
+    paths["renamed"] = root / "renamed"
+    tf_keras.Model(inputs, outputs).save(str(paths["renamed"]), save_format="tf")
     corrupt = root / "corrupt"
     corrupt.mkdir()
     (corrupt / "saved_model.pb").write_bytes(b"this is not a SavedModel")

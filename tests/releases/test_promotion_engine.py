@@ -1,8 +1,9 @@
 """Promotion engine against real model server processes, through the public gRPC API only."""
 from __future__ import annotations
 
-import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from releases import promotion_engine as engine
 from releases.promotion_engine import (
     PromotionFailed, RepositoryEndpoint, VersionExists, model_entry, policy_versions, read_config)
 from releases.tfserving import (
-    ModelServerConfig, EndpointUnreachable, LoadFailed, TFServingClient, VersionNotLoaded, WrongAnswers)
+    EndpointUnreachable, LoadFailed, ModelServerConfig, SignatureMismatch, TFServingClient,
+    VersionNotLoaded, WrongAnswers)
 from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
 from tests.releases.serving_fixtures import LiveServer, Models, free_port
 
@@ -56,6 +58,43 @@ def assert_config_consistent(server: LiveServer, model: str) -> None:
     for label, version in entry.version_labels.items():
         assert version in versions, (label, version, versions)
         assert status[version][0] == "AVAILABLE", (label, version, status)
+
+
+class Traffic:
+    """A thread sending Predict to label `stable` every ~5 ms; records (sent at, version, error)."""
+
+    def __init__(self, server: LiveServer, model: str, x: np.ndarray) -> None:
+        self.client = TFServingClient(server.client.grpc_target, timeout=5)
+        self.model, self.x = model, x
+        self.log: list[tuple[float, int | None, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                _, version = self.client.predict(self.model, {"x": self.x}, label="stable")
+                self.log.append((sent, version, ""))
+            except Exception as exc:
+                self.log.append((sent, None, str(exc)))
+            time.sleep(0.005)
+
+    def __enter__(self) -> "Traffic":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.client.close()
+
+    @property
+    def failures(self) -> list[tuple[float, int | None, str]]:
+        return [entry for entry in self.log if entry[2]]
+
+    def versions(self, since: float = 0.0) -> set[int | None]:
+        return {v for sent, v, _ in self.log if sent >= since}
 
 
 # --- staging, no server --------------------------------------------------------------------------
@@ -200,9 +239,11 @@ def test_corrupt_savedmodel_fails_and_restores(model_server: LiveServer, tiny_mo
     before = model_server.config_path.read_text()
     steps: list[str] = []
 
-    with pytest.raises(PromotionFailed) as info:
+    x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
+    with Traffic(model_server, model_name, x) as traffic, pytest.raises(PromotionFailed) as info:
         promote(model_server, tiny_models, model_name, 2, "corrupt", samples_of="a",
                 on_step=lambda s, m: steps.append(s))
+    assert traffic.log and not traffic.failures and traffic.versions() == {1}
 
     error = info.value
     assert error.step == "available" and isinstance(error.reason, LoadFailed), error
@@ -232,8 +273,10 @@ def test_wrong_answers_fail_validation_and_restore(model_server: LiveServer, tin
     before = model_server.config_path.read_text()
 
     # Model b has a's signature but other weights; the recorded answers are a's.
-    with pytest.raises(PromotionFailed) as info:
+    x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
+    with Traffic(model_server, model_name, x) as traffic, pytest.raises(PromotionFailed) as info:
         promote(model_server, tiny_models, model_name, 2, "b", samples_of="a")
+    assert traffic.log and not traffic.failures and traffic.versions() == {1}
 
     error = info.value
     assert error.step == "validate" and isinstance(error.reason, WrongAnswers), error
@@ -281,47 +324,60 @@ def test_promotion_under_traffic_drops_no_request(model_server: LiveServer, tiny
                                                   model_name: str) -> None:
     promote(model_server, tiny_models, model_name, 1, "a")
     x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
-    log: list[tuple[float, int | None, str]] = []  # (sent at, version served, error)
-    stop = threading.Event()
-    client = TFServingClient(model_server.client.grpc_target, timeout=5)
-
-    def traffic() -> None:
-        while not stop.is_set():
-            sent = time.monotonic()
-            try:
-                _, version = client.predict(model_name, {"x": x}, label="stable")
-                log.append((sent, version, ""))
-            except Exception as exc:
-                log.append((sent, None, str(exc)))
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=traffic)
-    thread.start()
-    try:
+    with Traffic(model_server, model_name, x) as traffic:
         time.sleep(0.5)
         began = time.monotonic()
         promote(model_server, tiny_models, model_name, 2, "b")
         flipped = time.monotonic()
         time.sleep(0.5)
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        client.close()
 
-    failures = [entry for entry in log if entry[2]]
-    seen = {v for _, v, _ in log if v is not None}
-    after = [v for sent, v, _ in log if sent >= flipped]
-    print(f"\ntraffic during promotion: {len(log)} requests, {len(failures)} failed, "
-          f"versions seen {sorted(seen)}, {sum(1 for e in log if e[1] == 1)} by v1, "
+    log = traffic.log
+    print(f"\ntraffic during promotion: {len(log)} requests, {len(traffic.failures)} failed, "
+          f"versions seen {sorted(traffic.versions())}, {sum(1 for e in log if e[1] == 1)} by v1, "
           f"{sum(1 for e in log if e[1] == 2)} by v2, "
           f"{sum(1 for e in log if began <= e[0] < flipped)} sent during the {flipped - began:.3f} s "
-          f"promotion, {len(after)} sent after it returned")
-    assert not failures, failures[:3]
-    assert seen == {1, 2}
-    assert after and set(after) == {2}
+          f"promotion, {sum(1 for e in log if e[0] >= flipped)} sent after it returned")
+    assert not traffic.failures, traffic.failures[:3]
+    assert traffic.versions() == {1, 2}
+    assert traffic.versions(since=flipped) == {2}
     # Once a request was answered by v2, later requests never went back to v1.
     first_v2 = next(i for i, (_, v, _) in enumerate(log) if v == 2)
     assert {v for _, v, _ in log[first_v2:]} == {2}
+
+
+def test_signature_change_fails_validation(model_server: LiveServer, tiny_models: Models,
+                                           model_name: str) -> None:
+    promote(model_server, tiny_models, model_name, 1, "a")
+    with pytest.raises(PromotionFailed) as info:
+        promote(model_server, tiny_models, model_name, 2, "renamed", samples_of="a")
+    assert info.value.step == "validate" and isinstance(info.value.reason, SignatureMismatch)
+    assert "no input 'x'" in str(info.value) and "features" in str(info.value)
+    assert policy_versions(entry_of(model_server, model_name)) == {1}
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
+
+
+def test_lock_is_held_across_processes(model_server: LiveServer, tiny_models: Models,
+                                       model_name: str) -> None:
+    lock = model_server.base_dir / engine.LOCK_NAME
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        waiting = RepositoryEndpoint(model_server.base_dir, model_server.config_path, model_server.client,
+                                     lock_timeout_s=0.5)
+        with pytest.raises(PromotionFailed) as info:
+            engine.promote(waiting, model_name=model_name, version=1, saved_model_src=tiny_models["a"],
+                           samples=tiny_models.samples["a"])
+        assert info.value.step == "lock" and "still holds" in str(info.value)
+        assert not (model_server.base_dir / model_name).exists()
+    finally:
+        holder.terminate()
+        holder.wait(timeout=10)
+    promote(model_server, tiny_models, model_name, 1, "a")  # the lock is free again
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
 
 
 # --- a server that polls models.config ------------------------------------------------------------
