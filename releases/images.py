@@ -398,10 +398,10 @@ def _model_entries(spec: ImageSpec, prefix: str) -> dict[str, Path | None]:
     return entries
 
 
-def build_context(spec: ImageSpec, dest: BinaryIO) -> str:
-    """Write the build context tar for ``spec`` to ``dest``; return its sha256 (hex).
-
-    Streams the model files (never holds them in memory). Same spec -> same bytes."""
+def context_entries(spec: ImageSpec) -> dict[str, Path | bytes | None]:
+    """Validate ``spec`` and plan the context: tar name -> model file (Path), generated content
+    (bytes) or None (a directory). Everything that can refuse the spec happens here, before any
+    byte is written or sent."""
     validate_spec(spec)
     generated: dict[str, bytes] = {
         "Dockerfile": dockerfile_text(spec).encode(),
@@ -423,7 +423,10 @@ def build_context(spec: ImageSpec, dest: BinaryIO) -> str:
         generated[f"{version_prefix}/{WARMUP_RELATIVE_PATH}"] = _tfrecord(records)
         entries.setdefault(f"{version_prefix}/assets.extra", None)
     entries.update(generated)
+    return entries
 
+
+def _write_context(entries: Mapping[str, Path | bytes | None], dest: Any) -> str:
     writer = _HashingWriter(dest)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.GNU_FORMAT) as tar:  # type: ignore[call-overload]
         for name in sorted(entries):
@@ -438,6 +441,88 @@ def build_context(spec: ImageSpec, dest: BinaryIO) -> str:
                     tar.addfile(_tarinfo(name, tarfile.REGTYPE, size), fh)
     writer.flush()
     return writer.sha.hexdigest()
+
+
+def build_context(spec: ImageSpec, dest: BinaryIO) -> str:
+    """Write the build context tar for ``spec`` to ``dest``; return its sha256 (hex).
+
+    Streams the model files (never holds them in memory). Same spec -> same bytes."""
+    return _write_context(context_entries(spec), dest)
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _ContextStream:
+    """The context tar produced by a thread and consumed as an iterator of ~1 MiB chunks (the
+    request body, sent chunked): no temporary copy of the model on disk, bounded memory
+    (``depth`` chunks), and large writes to the engine's socket."""
+
+    _END = object()
+
+    def __init__(self, entries: Mapping[str, Path | bytes | None], chunk: int = 1 << 20, depth: int = 8):
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue(depth)
+        self._chunk = chunk
+        self._buf = bytearray()
+        self._stop = threading.Event()
+        self.sha256: str | None = None
+        self.size = 0
+        self._thread = threading.Thread(target=self._produce, args=(entries,), daemon=True,
+                                        name="modelyard-build-context")
+        self._thread.start()
+
+    def _produce(self, entries: Mapping[str, Path | bytes | None]) -> None:
+        try:
+            self.sha256 = _write_context(entries, self)
+            if self._buf:
+                self._put(bytes(self._buf))
+            self._put(self._END)
+        except _Aborted:
+            pass
+        except BaseException as exc:  # handed to the consumer
+            try:
+                self._put(exc)
+            except _Aborted:
+                pass
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        self.size += len(data)
+        while len(self._buf) >= self._chunk:
+            self._put(bytes(self._buf[:self._chunk]))
+            del self._buf[:self._chunk]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _put(self, item: Any) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise _Aborted
+
+    def __iter__(self) -> Any:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise ImageBuildError(f"Could not read the model files for the build context: {item}") from item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def write_context(spec: ImageSpec) -> bytes:
@@ -519,49 +604,52 @@ def build_image(spec: ImageSpec, *, client: Any, on_log: LogFn,
 
     The context is spooled to a temporary file (not memory) and streamed to the engine."""
     api = _api(client)
-    with tempfile.TemporaryFile(prefix="modelyard-context-") as ctx:
-        context_sha = build_context(spec, ctx)
-        ctx.seek(0)
-        on_log(f"build context {context_sha[:12]} ({ctx.seek(0, io.SEEK_END)} bytes) "
-               f"-> {spec.image_ref}")
-        ctx.seek(0)
-        image_id = None
-        step = None
-        cache_hits = 0
-        try:
-            stream = api.build(fileobj=ctx, custom_context=True, encoding=None, tag=spec.image_ref,
-                               rm=True, forcerm=True, pull=False, decode=True, nocache=nocache,
-                               network_mode="none", timeout=timeout)
-            for chunk in stream:
-                if "error" in chunk or "errorDetail" in chunk:
-                    detail = chunk.get("errorDetail") or {}
-                    message = str(chunk.get("error") or detail.get("message") or chunk).strip()
-                    on_log(f"ERROR: {message}")
-                    raise _build_failure(spec, step, message)
-                text = chunk.get("stream")
-                if text is not None:
-                    for line in text.splitlines():
-                        if not line.strip():
-                            continue
-                        on_log(line)
-                        match = _STEP.match(line)
-                        if match:
-                            step = match.group(3).upper()
-                        if "Using cache" in line:
-                            cache_hits += 1
-                        if line.startswith("Successfully built "):
-                            image_id = image_id or line.split()[-1]
-                    continue
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and aux.get("ID"):
-                    image_id = aux["ID"]
-                    on_log(f"image {image_id}")
-                    continue
-                status = chunk.get("status")
-                if status:
-                    on_log(f"{chunk.get('id', '')}: {status}".lstrip(": "))
-        except _ENGINE_ERRORS as exc:
-            raise _engine_error(client, exc, f"building {spec.image_ref}") from exc
+    entries = context_entries(spec)  # refuses a bad spec before the engine is contacted
+    context = _ContextStream(entries)
+    on_log(f"build context -> {spec.image_ref}")
+    image_id = None
+    step = None
+    cache_hits = 0
+    try:
+        stream = api.build(fileobj=context, custom_context=True, encoding=None, tag=spec.image_ref,
+                           rm=True, forcerm=True, pull=False, decode=True, nocache=nocache,
+                           network_mode="none", timeout=timeout)
+        for chunk in stream:
+            if "error" in chunk or "errorDetail" in chunk:
+                detail = chunk.get("errorDetail") or {}
+                message = str(chunk.get("error") or detail.get("message") or chunk).strip()
+                on_log(f"ERROR: {message}")
+                raise _build_failure(spec, step, message)
+            text = chunk.get("stream")
+            if text is not None:
+                for line in text.splitlines():
+                    if not line.strip():
+                        continue
+                    on_log(line)
+                    match = _STEP.match(line)
+                    if match:
+                        step = match.group(3).upper()
+                    if "Using cache" in line:
+                        cache_hits += 1
+                    if line.startswith("Successfully built "):
+                        image_id = image_id or line.split()[-1]
+                continue
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and aux.get("ID"):
+                image_id = aux["ID"]
+                on_log(f"image {image_id}")
+                continue
+            status = chunk.get("status")
+            if status:
+                on_log(f"{chunk.get('id', '')}: {status}".lstrip(": "))
+    except ImageBuildError:
+        raise
+    except _ENGINE_ERRORS as exc:
+        raise _engine_error(client, exc, f"building {spec.image_ref}") from exc
+    finally:
+        context.close()
+    context_sha = context.sha256 or ""
+    on_log(f"build context sha256 {context_sha} ({context.size} bytes)")
     if not image_id:
         raise ImageBuildError(f"Build of {spec.image_ref} ended without an image id", retryable=True)
     try:
