@@ -85,8 +85,8 @@ class PromotionFailed(TFServingError):
                  restored: bool = True, restore_error: BaseException | None = None,
                  removed_dir: Path | None = None) -> None:
         what = f"Promotion of {model_name} version {version}" if model_name else "Promotion"
-        text = getattr(reason, "message", None) or str(reason) or type(reason).__name__
-        message = f"{what} failed at step '{step}': {text}"
+        text = (getattr(reason, "message", None) or str(reason) or type(reason).__name__).rstrip()
+        message = f"{what} failed at step '{step}': {text}{'' if text.endswith('.') else '.'}"
         if restore_error is not None:
             message += (f" The previous models.config was written back but the server did not take it: "
                         f"{getattr(restore_error, 'message', restore_error)}")

@@ -16,7 +16,7 @@ from releases import promotion_engine as engine
 from releases.promotion_engine import (
     PromotionFailed, RepositoryEndpoint, VersionExists, model_entry, policy_versions, read_config)
 from releases.tfserving import (
-    EndpointUnreachable, LoadFailed, ModelServerConfig, SignatureMismatch, TFServingClient,
+    EndpointUnreachable, LoadFailed, ModelServerConfig, ServingTimeout, SignatureMismatch, TFServingClient,
     VersionNotLoaded, WrongAnswers)
 from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
 from tests.releases.serving_fixtures import LiveServer, Models, free_port
@@ -286,6 +286,43 @@ def test_wrong_answers_fail_validation_and_restore(model_server: LiveServer, tin
     assert not (model_server.base_dir / model_name / "2").exists()
     assert served_by(model_server, model_name, "stable", tiny_models) == 1
     assert_config_consistent(model_server, model_name)
+
+
+def test_deadline_passing_fails_and_restores(model_server: LiveServer, tiny_models: Models,
+                                             model_name: str) -> None:
+    promote(model_server, tiny_models, model_name, 1, "a")
+    before = model_server.config_path.read_text()
+    with pytest.raises(PromotionFailed) as info:
+        engine.promote(model_server.endpoint, model_name=model_name, version=2,
+                       saved_model_src=tiny_models["b"], samples=tiny_models.samples["b"], deadline_s=1e-6)
+    assert isinstance(info.value.reason, ServingTimeout) and "deadline" in str(info.value)
+    assert model_server.config_path.read_text() == before
+    assert not (model_server.base_dir / model_name / "2").exists()
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
+
+
+def test_server_dying_mid_promotion_restores_the_file(launch_server, tiny_models: Models,
+                                                      model_name: str) -> None:
+    server = launch_server(0)
+    promote(server, tiny_models, model_name, 1, "a")
+    before = server.config_path.read_text()
+
+    def kill_when_available(step: str, message: str) -> None:
+        if step == "available":
+            server.process.kill()
+            server.process.wait()
+
+    with pytest.raises(PromotionFailed) as info:
+        promote(server, tiny_models, model_name, 2, "b", on_step=kill_when_available)
+
+    error = info.value
+    assert error.step == "canary" and isinstance(error.reason, EndpointUnreachable), error
+    assert not error.restored and isinstance(error.restore_error, EndpointUnreachable)
+    assert "unreachable" in str(error) and "did not take it" in str(error)
+    # The file is back, so a restarted server serves what it served before; the version directory
+    # is kept because the server may still hold it.
+    assert server.config_path.read_text() == before
+    assert (server.base_dir / model_name / "2").is_dir()
 
 
 def test_concurrent_promotions_are_serialized(model_server: LiveServer, tiny_models: Models,
