@@ -359,27 +359,34 @@ def test_concurrent_promotions_are_serialized(model_server: LiveServer, tiny_mod
 
 def test_promotion_under_traffic_drops_no_request(model_server: LiveServer, tiny_models: Models,
                                                   model_name: str) -> None:
+    """Three promotions in a row (1 -> 2 -> 3 -> 4) while `stable` gets a request every ~5 ms."""
     promote(model_server, tiny_models, model_name, 1, "a")
     x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
+    windows: list[tuple[int, float, float]] = []  # (new version, promotion began, promote() returned)
     with Traffic(model_server, model_name, x) as traffic:
-        time.sleep(0.5)
-        began = time.monotonic()
-        promote(model_server, tiny_models, model_name, 2, "b")
-        flipped = time.monotonic()
-        time.sleep(0.5)
-
+        time.sleep(0.3)
+        for version, source in ((2, "b"), (3, "c"), (4, "a")):
+            began = time.monotonic()
+            promote(model_server, tiny_models, model_name, version, source)
+            windows.append((version, began, time.monotonic()))
+            time.sleep(0.3)
     log = traffic.log
-    print(f"\ntraffic during promotion: {len(log)} requests, {len(traffic.failures)} failed, "
-          f"versions seen {sorted(traffic.versions())}, {sum(1 for e in log if e[1] == 1)} by v1, "
-          f"{sum(1 for e in log if e[1] == 2)} by v2, "
-          f"{sum(1 for e in log if began <= e[0] < flipped)} sent during the {flipped - began:.3f} s "
-          f"promotion, {sum(1 for e in log if e[0] >= flipped)} sent after it returned")
+    during = sum(1 for sent, _, _ in log if any(b <= sent < r for _, b, r in windows))
+    counts = {v: sum(1 for e in log if e[1] == v) for v in sorted(traffic.versions())}
+    print(f"\ntraffic during 3 promotions: {len(log)} requests, {len(traffic.failures)} failed, "
+          f"served by version {counts}, {during} sent while a promotion was running "
+          f"({sum(r - b for _, b, r in windows):.3f} s in all)")
+
     assert not traffic.failures, traffic.failures[:3]
-    assert traffic.versions() == {1, 2}
-    assert traffic.versions(since=flipped) == {2}
-    # Once a request was answered by v2, later requests never went back to v1.
-    first_v2 = next(i for i, (_, v, _) in enumerate(log) if v == 2)
-    assert {v for _, v, _ in log[first_v2:]} == {2}
+    assert traffic.versions() == {1, 2, 3, 4}
+    ends = [b for _, b, _ in windows[1:]] + [float("inf")]
+    for (new, began, returned), next_began in zip(windows, ends):
+        in_window = {v for sent, v, _ in log if began <= sent < returned}
+        assert in_window <= {new - 1, new}, (new, in_window)       # the old or the new one
+        after = {v for sent, v, _ in log if returned <= sent < next_began}
+        assert after == {new}, (new, after)                          # after the flip: the new one
+    served = [v for _, v, _ in log]
+    assert served == sorted(served)  # never back to an older version
 
 
 def test_signature_change_fails_validation(model_server: LiveServer, tiny_models: Models,
