@@ -324,6 +324,11 @@ def test_engine_unreachable_is_retryable_with_a_clear_message(image_spec):
     with pytest.raises(ImageBuildError, match="unreachable at unix:///nonexistent.sock") as err:
         images.ensure_standin_base_image(api, "modelyard-test/never:1")
     assert err.value.retryable is True
+    # the high-level DockerClient (what the release services pass) is accepted too
+    high_level = docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41", timeout=5)
+    with pytest.raises(ImageBuildError, match="unreachable at unix:///nonexistent.sock") as err:
+        images.build_image(image_spec(), client=high_level, on_log=lambda line: None)
+    assert err.value.retryable is True
 
 
 @pytest.mark.docker
