@@ -602,7 +602,8 @@ def build_image(spec: ImageSpec, *, client: Any, on_log: LogFn,
                 nocache: bool = False, timeout: int = BUILD_TIMEOUT_SECONDS) -> BuiltImage:
     """Build ``spec`` on the engine behind ``client``; every build-stream line goes to ``on_log``.
 
-    The context is spooled to a temporary file (not memory) and streamed to the engine."""
+    The context is produced by a thread while it is sent (chunked, ~1 MiB writes): no temporary
+    copy of the model on disk and bounded memory. Every build-stream line goes to ``on_log``."""
     api = _api(client)
     entries = context_entries(spec)  # refuses a bad spec before the engine is contacted
     context = _ContextStream(entries)
