@@ -181,6 +181,10 @@ IMAGE_REGISTRY_USERNAME = env_str("MODELYARD_REGISTRY_USERNAME", "")
 IMAGE_REGISTRY_PASSWORD = env_str("MODELYARD_REGISTRY_PASSWORD", "")  # or MODELYARD_REGISTRY_PASSWORD_FILE
 IMAGE_SOURCE_URL = env_str("MODELYARD_IMAGE_SOURCE_URL", "")
 
+# --- Promotion -------------------------------------------------------------------------------
+PROMOTION_DEADLINE = env_int("MODELYARD_PROMOTION_DEADLINE", 120, minimum=1)  # seconds, loading included
+PROMOTION_RPC_TIMEOUT = env_int("MODELYARD_PROMOTION_RPC_TIMEOUT", 10, minimum=1)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

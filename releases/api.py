@@ -12,10 +12,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from registry import services as registry
-from releases import services
-from releases.models import Environment, Release
+from releases import promotion, services
+from releases.models import Endpoint, Environment, Release
 from releases.serializers import (
-    CommentInput, DecisionInput, EnvironmentOutput, ReleaseCreateInput, ReleaseDetailOutput, ReleaseOutput,
+    CommentInput, DecisionInput, EndpointInput, EndpointOutput, EnvironmentOutput, PromoteInput, ReleaseCreateInput,
+    ReleaseDetailOutput, ReleaseOutput,
 )
 
 
@@ -104,6 +105,46 @@ ReleaseApprove = transition(services.release_approve, DecisionInput, decides=Tru
 ReleaseReject = transition(services.release_reject, CommentInput, decides=True)
 ReleaseCancel = transition(services.release_cancel, CommentInput, takes_comment=True)
 ReleaseBuild = transition(services.release_build_request)
+
+
+def _promote(*, release: Release, actor: Any, endpoint: str, canary: bool) -> Release:
+    target = promotion.get_endpoint(endpoint) if endpoint else None
+    return promotion.release_promote_request(release=release, actor=actor, endpoint=target, canary=canary)
+
+
+ReleasePromote = transition(_promote, PromoteInput, takes_comment=True)
+ReleaseComplete = transition(promotion.release_complete)
+ReleaseRollback = transition(promotion.release_rollback, CommentInput, takes_comment=True)
+
+
+class EndpointList(generics.ListAPIView):
+    """Serving endpoints with their last recorded health. POST registers one."""
+
+    serializer_class = EndpointOutput
+    queryset = Endpoint.objects.none()
+
+    def get_queryset(self) -> QuerySet[Endpoint]:
+        return Endpoint.objects.select_related("environment")
+
+    @extend_schema(request=EndpointInput, responses={201: EndpointOutput})
+    def post(self, request: Request) -> Response:
+        serializer = EndpointInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        endpoint = promotion.endpoint_create(actor=request.user, **serializer.validated_data)
+        return Response(EndpointOutput(endpoint).data, status=status.HTTP_201_CREATED)
+
+
+class EndpointDetail(APIView):
+    """One endpoint; ``?refresh=1`` checks its health now (reachability, what each label serves)."""
+
+    queryset = Endpoint.objects.none()
+
+    @extend_schema(responses=EndpointOutput)
+    def get(self, request: Request, name: str) -> Response:
+        endpoint = promotion.get_endpoint(name)
+        if request.query_params.get("refresh") in ("1", "true"):
+            endpoint = promotion.check_endpoint_health(endpoint)
+        return Response(EndpointOutput(endpoint).data)
 
 
 class EnvironmentList(generics.ListAPIView):

@@ -26,6 +26,7 @@ from releases.models import Release
 from releases.services import S, _move, release_fail
 
 log = logging.getLogger(__name__)
+MAX_WARMUP_REQUESTS = 100  # TF Serving reads at most 1000; a few rows prove the model runs
 
 
 def docker_client() -> Any:
@@ -55,7 +56,7 @@ def warmup_requests(release: Release) -> list[dict[str, np.ndarray]] | None:
     if not samples or not samples.get("inputs") or samples.get("input_quantization"):
         return None
     dtype = samples.get("dtype") or "float32"
-    rows = np.asarray(samples["inputs"], dtype=dtype)
+    rows = np.asarray(samples["inputs"], dtype=dtype)[:MAX_WARMUP_REQUESTS]
     return [{samples["input_name"]: rows[i:i + 1]} for i in range(len(rows))]
 
 
@@ -110,11 +111,16 @@ def _build(release: Release, workdir: Path) -> None:
         append_log(release.pk, line)
 
     built = images.build_image(spec, client=client, on_log=on_log)
-    digest = images.push_image(built, client=client, auth=registry_auth(), on_log=on_log)
-    images.verify_pushed(spec.repository, digest, client)
+    pushed = images.push_image(built, client=client, auth=registry_auth(), on_log=on_log)  # "repo@sha256:…"
+    digest = pushed.rpartition("@")[2]
+    images.verify_pushed(spec.repository, digest, client, expected_image_id=built.image_id, auth=registry_auth())
     with transaction.atomic():
         _move(release, to=S.IMAGE_READY, allowed_from=[S.IMAGE_BUILDING], actor=None, action="release.image_ready",
               verb="marked image-ready",
               fields={"image_repository": spec.repository, "image_tag": spec.tag, "image_id": built.image_id,
                       "image_digest": digest, "image_size": built.size, "context_sha256": built.context_sha256},
               after={"image": f"{spec.repository}@{digest}"})
+        if release.environment.auto_promote:
+            from releases.promotion import release_promote_request
+
+            release_promote_request(release=release, actor=None)

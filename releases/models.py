@@ -133,3 +133,73 @@ class Approval(models.Model):
 
     def __str__(self) -> str:
         return f"{self.decision} of release {self.release_id} by {self.actor}"
+
+
+class Endpoint(models.Model):
+    """A serving endpoint Modelyard promotes to. Talks only TF Serving's public protocol."""
+
+    class Kind(models.TextChoices):
+        MODEL_REPOSITORY = "model_repository", "TF Serving reading a model repository"
+        DOCKER = "docker", "Container on a Docker host"
+
+    name = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="endpoints")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    grpc_target = models.CharField(max_length=255, blank=True, help_text="host:port of the gRPC API.")
+    rest_url = models.CharField(max_length=255, blank=True)
+    repository_path = models.CharField(max_length=500, blank=True,
+                                       help_text="model_repository: the directory the server reads (absolute).")
+    config_path = models.CharField(max_length=500, blank=True,
+                                   help_text="model_repository: its models.config (default <repository>/models.config).")
+    docker_host = models.CharField(max_length=255, blank=True, help_text="docker: engine URL (default DOCKER_HOST).")
+    grpc_port_base = models.PositiveIntegerField(null=True, blank=True,
+                                                 help_text="docker: containers alternate between base and base+2.")
+    active_container_id = models.CharField(max_length=128, blank=True)
+    previous_container_id = models.CharField(max_length=128, blank=True)
+    profile = models.JSONField(default=dict, blank=True,
+                               help_text="Serving profile overrides (batching, gpu_memory_fraction, xla, "
+                                         "prefer_tflite, gpu) over the environment's.")
+    # health, refreshed by check_endpoints and after every promotion
+    reachable = models.BooleanField(null=True)
+    health = models.JSONField(default=dict, blank=True, help_text="{model: {labels: {...}, versions: {...}}}")
+    health_error = models.TextField(blank=True)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def serving_profile(self) -> dict:
+        env = self.environment
+        base = {"batching": env.batching, "gpu_memory_fraction": env.gpu_memory_fraction, "xla": env.xla,
+                "prefer_tflite": env.prefer_tflite, "gpu": env.gpu}
+        return {**base, **(self.profile or {})}
+
+
+class Promotion(models.Model):
+    """One release going onto one endpoint: the steps taken, and how it ended."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        ROLLED_BACK = "rolled_back"
+
+    release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="promotions")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.PROTECT, related_name="promotions")
+    canary = models.BooleanField(default=False)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED)
+    previous_version = models.PositiveIntegerField(null=True, blank=True)
+    steps = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"release {self.release_id} → {self.endpoint.name} ({self.state})"

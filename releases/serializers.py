@@ -72,13 +72,62 @@ class ReleaseOutput(serializers.ModelSerializer):
 
 class ReleaseDetailOutput(ReleaseOutput):
     approvals = ApprovalOutput(many=True, read_only=True)
+    promotions = serializers.SerializerMethodField()
     audit_trail = serializers.SerializerMethodField()
     build_log = serializers.CharField()
 
     class Meta(ReleaseOutput.Meta):
-        fields = [*ReleaseOutput.Meta.fields, "approvals", "audit_trail", "build_log"]
+        fields = [*ReleaseOutput.Meta.fields, "approvals", "promotions", "audit_trail", "build_log"]
+
+    def get_promotions(self, release: Release) -> list[dict[str, Any]]:
+        return PromotionOutput(release.promotions.select_related("endpoint").order_by("id"), many=True).data
 
     def get_audit_trail(self, release: Release) -> list[dict[str, Any]]:
         events = (AuditEvent.objects.filter(object_type="releases.release", object_id=str(release.pk))
                   .select_related("actor", "model", "version").order_by("created_at", "id"))
         return AuditEventOutput(events, many=True).data
+
+
+class PromoteInput(serializers.Serializer):
+    endpoint = serializers.CharField(required=False, allow_blank=True, default="",
+                                     help_text="One endpoint; default: every endpoint of the release's environment.")
+    canary = serializers.BooleanField(default=False, help_text="Only label the new version `canary`.")
+
+
+class EndpointInput(serializers.Serializer):
+    name = serializers.CharField(max_length=64)
+    environment = serializers.CharField(max_length=64)
+    kind = serializers.ChoiceField(choices=["model_repository", "docker"])
+    grpc_target = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    rest_url = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    repository_path = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    config_path = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    docker_host = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    grpc_port_base = serializers.IntegerField(required=False, allow_null=True, min_value=1024, max_value=65000)
+    profile = serializers.JSONField(required=False, default=dict)
+
+
+class PromotionOutput(serializers.Serializer):
+    endpoint = serializers.CharField(source="endpoint.name")
+    canary = serializers.BooleanField()
+    state = serializers.CharField()
+    previous_version = serializers.IntegerField(allow_null=True)
+    steps = serializers.JSONField()
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class EndpointOutput(serializers.Serializer):
+    name = serializers.CharField()
+    environment = serializers.CharField(source="environment.name")
+    kind = serializers.CharField()
+    grpc_target = serializers.CharField()
+    rest_url = serializers.CharField()
+    repository_path = serializers.CharField()
+    serving_profile = serializers.JSONField()
+    active_container_id = serializers.CharField()
+    reachable = serializers.BooleanField(allow_null=True)
+    health = serializers.JSONField()
+    health_error = serializers.CharField()
+    health_checked_at = serializers.DateTimeField(allow_null=True)

@@ -9,3 +9,17 @@ def build_release_image(release_id: int) -> None:
     from releases import builds
 
     builds.release_build_run(release_id=release_id)
+
+
+@task(queue_name="default")
+def promote_release(release_id: int) -> None:
+    from releases import promotion
+
+    promotion.release_promote_run(release_id=release_id)
+
+
+@task(queue_name="default")
+def check_endpoints() -> int:
+    from releases import promotion
+
+    return promotion.check_all_endpoints()

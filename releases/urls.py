@@ -11,5 +11,10 @@ urlpatterns = [
     re_path(ID + r"/reject/?$", api.ReleaseReject.as_view(), name="release-reject"),
     re_path(ID + r"/cancel/?$", api.ReleaseCancel.as_view(), name="release-cancel"),
     re_path(ID + r"/build/?$", api.ReleaseBuild.as_view(), name="release-build"),
+    re_path(ID + r"/promote/?$", api.ReleasePromote.as_view(), name="release-promote"),
+    re_path(ID + r"/complete/?$", api.ReleaseComplete.as_view(), name="release-complete"),
+    re_path(ID + r"/rollback/?$", api.ReleaseRollback.as_view(), name="release-rollback"),
     path("environments/", api.EnvironmentList.as_view(), name="environment-list"),
+    path("endpoints/", api.EndpointList.as_view(), name="endpoint-list"),
+    re_path(r"^endpoints/(?P<name>[^/]+)/?$", api.EndpointDetail.as_view(), name="endpoint-detail"),
 ]

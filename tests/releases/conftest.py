@@ -6,7 +6,7 @@ from rest_framework.test import APIClient
 
 from tests.conftest import ENGINEER_PERMS, _user
 
-RELEASE_PERMS = ["releases.add_release", "releases.change_release"]
+RELEASE_PERMS = ["releases.add_release", "releases.change_release", "releases.add_endpoint"]
 
 
 @pytest.fixture

@@ -1,0 +1,318 @@
+"""Promotion of releases to serving endpoints, rollback, canary completion, endpoint health.
+
+The protocol work lives in ``promotion_engine`` (model repositories) and ``containers`` (Docker
+endpoints); this module is the Django side: which endpoints, which samples, state changes and
+audit events. Every step the engine reports is stored on the Promotion and in the audit log.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from optimization.models import VersionMetrics
+from registry import audit, services as registry
+from registry.errors import Conflict, NotFound, RegistryError
+from registry.models import ModelVersion
+from releases import promotion_engine as engine
+from releases.models import Endpoint, Promotion, Release
+from releases.services import S, InvalidTransition, _move, release_fail
+from releases.tfserving import TFServingClient, TFServingError
+
+log = logging.getLogger(__name__)
+P = Promotion.State
+
+
+# --- which endpoints, which samples ----------------------------------------------------------
+
+def get_endpoint(name: str) -> Endpoint:
+    try:
+        return Endpoint.objects.select_related("environment").get(name=name)
+    except Endpoint.DoesNotExist:
+        raise NotFound(f"No endpoint named {name!r}.", code="endpoint_not_found") from None
+
+
+def target_endpoints(release: Release, endpoint: Endpoint | None) -> list[Endpoint]:
+    if endpoint is not None:
+        if endpoint.environment_id != release.environment_id:
+            raise RegistryError(f"Endpoint {endpoint.name!r} belongs to {endpoint.environment.name}, not "
+                                f"{release.environment.name}.", code="wrong_environment")
+        return [endpoint]
+    endpoints = list(Endpoint.objects.filter(environment=release.environment))
+    if not endpoints:
+        raise Conflict(f"Environment {release.environment.name!r} has no endpoints; add one at /api/v1/endpoints/.",
+                       code="no_endpoints")
+    return endpoints
+
+
+def tolerance_for(version: ModelVersion) -> tuple[float, float]:
+    """How close the endpoint's answers must be to the registry's: tight for float models,
+    looser for quantized TFLite (the serving runtime may round differently)."""
+    if version.format == ModelVersion.Format.TFLITE:
+        return (0.05, 0.02)
+    return (1e-3, 1e-4)
+
+
+def samples_for(version: ModelVersion, model_path: Path) -> dict[str, Any]:
+    """The recorded sample inputs/outputs of this version, or, for a version never measured,
+    fresh ones from the latest eval dataset (computed with the same predictor the harness uses)."""
+    recorded = (VersionMetrics.objects.filter(version=version).exclude(samples={}).order_by("-created_at").first())
+    if recorded and recorded.samples.get("inputs"):
+        return recorded.samples
+    from registry.models import Dataset
+
+    dataset = Dataset.objects.filter(model=version.model, role="eval").order_by("-created_at").first()
+    if dataset is None:
+        raise Conflict(f"v{version.number} has no recorded samples and model {version.model.name!r} has no eval "
+                       "dataset: infra-validation has nothing to compare. Upload an eval dataset.",
+                       code="no_samples")
+    from optimization import metrics as harness
+    from optimization.predictors import load_predictor
+
+    return harness.sample_io(load_predictor(model_path, version.format), registry.dataset_arrays(dataset)["x"])
+
+
+def repository_endpoint(endpoint: Endpoint) -> engine.RepositoryEndpoint:
+    base = Path(endpoint.repository_path)
+    config = Path(endpoint.config_path) if endpoint.config_path else base / "models.config"
+    return engine.RepositoryEndpoint(base_dir=base, config_path=config, client=client_for(endpoint))
+
+
+def client_for(endpoint: Endpoint) -> TFServingClient:
+    return TFServingClient(endpoint.grpc_target, rest_url=endpoint.rest_url or None,
+                           timeout=settings.PROMOTION_RPC_TIMEOUT)
+
+
+@transaction.atomic
+def endpoint_create(*, actor: AbstractBaseUser, name: str, environment: str, kind: str, grpc_target: str = "",
+                    rest_url: str = "", repository_path: str = "", config_path: str = "", docker_host: str = "",
+                    grpc_port_base: int | None = None, profile: dict[str, Any] | None = None) -> Endpoint:
+    from django.core.exceptions import ValidationError
+
+    from releases.services import get_environment
+
+    if Endpoint.objects.filter(name=name).exists():
+        raise Conflict(f"An endpoint named {name!r} already exists.", code="endpoint_exists")
+    if kind == Endpoint.Kind.MODEL_REPOSITORY:
+        if not grpc_target or not repository_path or not Path(repository_path).is_absolute():
+            raise RegistryError("A model_repository endpoint needs grpc_target and an absolute repository_path.",
+                                code="validation_error")
+    elif not grpc_port_base:
+        raise RegistryError("A docker endpoint needs grpc_port_base (containers use base/base+1 and base+2/base+3).",
+                            code="validation_error")
+    endpoint = Endpoint(name=name, environment=get_environment(environment), kind=kind, grpc_target=grpc_target,
+                        rest_url=rest_url, repository_path=repository_path, config_path=config_path,
+                        docker_host=docker_host, grpc_port_base=grpc_port_base, profile=profile or {})
+    try:
+        endpoint.full_clean(exclude=["reachable"])  # unknown until the first health check
+    except ValidationError as exc:
+        raise RegistryError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items()),
+                            code="validation_error") from exc
+    endpoint.save()
+    audit.record(actor=actor, action="endpoint.create", obj=endpoint,
+                 after={"name": name, "kind": kind, "environment": environment})
+    return endpoint
+
+
+# --- promote ---------------------------------------------------------------------------------
+
+@transaction.atomic
+def release_promote_request(*, release: Release, actor: AbstractBaseUser | None, endpoint: Endpoint | None = None,
+                            canary: bool = False) -> Release:
+    """Queue the promotion of an image-ready release (or retry a failed promotion)."""
+    release.refresh_from_db()
+    if release.state == S.FAILED and not release.failure_step.startswith("promote"):
+        raise InvalidTransition(f"Release {release.pk} failed at {release.failure_step or 'an earlier step'}; "
+                                "only a failed promotion can be retried.", details={"state": release.state})
+    endpoints = target_endpoints(release, endpoint)
+    release = _move(release, to=S.PROMOTING, allowed_from=[S.IMAGE_READY, S.FAILED], actor=actor,
+                    action="release.promote_requested", verb="promoted",
+                    fields={"failure_step": "", "failure_reason": "", "retryable": False},
+                    after={"endpoints": [e.name for e in endpoints], "canary": canary})
+    for target in endpoints:
+        Promotion.objects.create(release=release, endpoint=target, canary=canary)
+    from releases.tasks import promote_release
+
+    transaction.on_commit(lambda: promote_release.enqueue(release.pk))
+    return release
+
+
+def release_promote_run(*, release_id: int) -> None:
+    """Run the queued promotions of a release, one endpoint after another (each under its lock)."""
+    release = Release.objects.select_related("version__model", "environment").get(pk=release_id)
+    if release.state != S.PROMOTING:
+        return
+    canary = False
+    for promotion in Promotion.objects.filter(release=release, state=P.QUEUED).select_related("endpoint"):
+        canary = canary or promotion.canary
+        if not Promotion.objects.filter(pk=promotion.pk, state=P.QUEUED).update(state=P.RUNNING):
+            continue  # another worker took it
+        try:
+            _promote_one(release, promotion)
+        except (TFServingError, RegistryError, OSError) as exc:
+            step = getattr(exc, "step", "prepare")
+            reason = getattr(exc, "message", None) or str(exc)
+            _finish(promotion, P.FAILED, error=f"{step}: {reason}")
+            release_fail(release, step=f"promote:{promotion.endpoint.name}:{step}", reason=reason,
+                         retryable=not isinstance(exc, RegistryError), allowed_from=[S.PROMOTING])
+            check_endpoint_health(promotion.endpoint)
+            return
+        check_endpoint_health(promotion.endpoint)
+    with transaction.atomic():
+        if not canary:
+            _supersede_previous(release)
+        _move(release, to=S.CANARY if canary else S.LIVE, allowed_from=[S.PROMOTING], actor=None,
+              action="release.canary" if canary else "release.live",
+              verb="made live", after={"endpoints": list(release.promotions.values_list("endpoint__name", flat=True))})
+
+
+def _supersede_previous(release: Release) -> None:
+    Release.objects.filter(environment=release.environment, version__model=release.version.model,
+                           state__in=[S.LIVE, S.CANARY]).exclude(pk=release.pk).update(state=S.SUPERSEDED)
+
+
+def _record_step(promotion: Promotion, step: str, message: str) -> None:
+    entry = {"step": step, "message": message, "at": timezone.now().isoformat()}
+    promotion.steps = [*promotion.steps, entry]
+    with transaction.atomic():
+        Promotion.objects.filter(pk=promotion.pk).update(steps=promotion.steps)
+        audit.record(actor=None, action="release.promotion_step", obj=promotion.release,
+                     model=promotion.release.version.model, version=promotion.release.version,
+                     after={"endpoint": promotion.endpoint.name, "step": step}, comment=message[:1000])
+
+
+def _finish(promotion: Promotion, state: str, *, error: str = "", previous: int | None = None) -> None:
+    Promotion.objects.filter(pk=promotion.pk).update(state=state, error=error, finished_at=timezone.now(),
+                                                     previous_version=previous)
+
+
+def _promote_one(release: Release, promotion: Promotion) -> None:
+    version = release.version
+    workdir = Path(tempfile.mkdtemp(prefix=f"promote-{release.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
+    try:
+        _record_step(promotion, "verify", f"verifying sha256 {version.artifact_sha256[:12]}… of v{version.number}")
+        model_path = registry.version_unpack(version, workdir / "model")  # refuses a tampered artifact
+        samples = samples_for(version, model_path)
+        if promotion.endpoint.kind == Endpoint.Kind.DOCKER:
+            from releases import container_promotion
+
+            previous = container_promotion.promote(release, promotion, samples, lambda s, m: _record_step(
+                promotion, s, m))
+        else:
+            result = engine.promote(
+                repository_endpoint(promotion.endpoint), model_name=version.model.name, version=version.number,
+                saved_model_src=model_path, samples=samples, tolerance=tolerance_for(version),
+                canary_only=promotion.canary, on_step=lambda s, m: _record_step(promotion, s, m),
+                deadline_s=settings.PROMOTION_DEADLINE)
+            previous = result.previous_version
+        _finish(promotion, P.SUCCEEDED, previous=previous)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- complete a canary, roll back -------------------------------------------------------------
+
+def release_complete(*, release: Release, actor: AbstractBaseUser) -> Release:
+    """Move `stable` to a canary release on every endpoint it is canary on."""
+    release.refresh_from_db()
+    if release.state != S.CANARY:
+        raise InvalidTransition(f"Release {release.pk} is {release.state}; only a canary can be completed.",
+                                details={"state": release.state})
+    for promotion in release.promotions.filter(state=P.SUCCEEDED, canary=True).select_related("endpoint"):
+        if promotion.endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY:
+            engine.complete_canary(repository_endpoint(promotion.endpoint), release.version.model.name)
+        check_endpoint_health(promotion.endpoint)
+    with transaction.atomic():
+        _supersede_previous(release)
+        return _move(release, to=S.LIVE, allowed_from=[S.CANARY], actor=actor, action="release.complete",
+                     verb="completed")
+
+
+def release_rollback(*, release: Release, actor: AbstractBaseUser, comment: str = "") -> Release:
+    """Move `stable` back to the version that served before this release (a label flip while
+    that version is still loaded; re-staged from the registry otherwise)."""
+    release.refresh_from_db()
+    if release.state not in (S.LIVE, S.CANARY):
+        raise InvalidTransition(f"Release {release.pk} is {release.state}; only a live or canary release can be "
+                                "rolled back.", details={"state": release.state})
+    promotions = list(release.promotions.filter(state=P.SUCCEEDED).select_related("endpoint"))
+    for promotion in promotions:
+        if promotion.previous_version is None:
+            raise Conflict(f"Nothing served before release {release.pk} on {promotion.endpoint.name}: there is "
+                           "no version to roll back to.", code="nothing_to_roll_back")
+    for promotion in promotions:
+        _rollback_one(release, promotion)
+        check_endpoint_health(promotion.endpoint)
+    with transaction.atomic():
+        previous_numbers = {p.previous_version for p in promotions}
+        Release.objects.filter(environment=release.environment, version__model=release.version.model,
+                               version__number__in=previous_numbers, state=S.SUPERSEDED).update(state=S.LIVE)
+        Promotion.objects.filter(pk__in=[p.pk for p in promotions]).update(state=P.ROLLED_BACK)
+        return _move(release, to=S.ROLLED_BACK, allowed_from=[S.LIVE, S.CANARY], actor=actor,
+                     action="release.rollback", verb="rolled back", comment=comment,
+                     after={"to_versions": sorted(previous_numbers)})
+
+
+def _rollback_one(release: Release, promotion: Promotion) -> None:
+    model_name = release.version.model.name
+    if promotion.endpoint.kind == Endpoint.Kind.DOCKER:
+        from releases import container_promotion
+
+        container_promotion.rollback(promotion)
+        return
+    target = repository_endpoint(promotion.endpoint)
+    try:
+        engine.rollback(target, model_name=model_name, to_version=promotion.previous_version)
+    except engine.VersionNotLoaded:
+        # Retired since: stage it again from the registry (identical bytes, same number) and promote it.
+        previous = ModelVersion.objects.get(model=release.version.model, number=promotion.previous_version)
+        workdir = Path(tempfile.mkdtemp(prefix=f"rollback-{release.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
+        try:
+            path = registry.version_unpack(previous, workdir / "model")
+            engine.promote(target, model_name=model_name, version=previous.number, saved_model_src=path,
+                           samples=samples_for(previous, path), tolerance=tolerance_for(previous),
+                           deadline_s=settings.PROMOTION_DEADLINE)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- health ----------------------------------------------------------------------------------
+
+def check_endpoint_health(endpoint: Endpoint) -> Endpoint:
+    """Record whether the endpoint answers and which version each label serves, per model."""
+    client = client_for(endpoint)
+    health: dict[str, Any] = {}
+    error = ""
+    reachable = client.reachable()
+    if reachable and endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY and endpoint.repository_path:
+        try:
+            config = engine.read_config(repository_endpoint(endpoint).config_path)
+            for entry in config.model_config_list.config:
+                states = client.model_status(entry.name)
+                health[entry.name] = {
+                    "labels": dict(entry.version_labels),
+                    "versions": {str(v): state for v, (state, _err) in sorted(states.items())},
+                }
+        except (TFServingError, OSError) as exc:
+            error = str(exc)
+    elif not reachable:
+        error = f"{endpoint.grpc_target} does not answer"
+    Endpoint.objects.filter(pk=endpoint.pk).update(reachable=reachable, health=health, health_error=error,
+                                                   health_checked_at=timezone.now())
+    endpoint.refresh_from_db()
+    return endpoint
+
+
+def check_all_endpoints() -> int:
+    count = 0
+    for endpoint in Endpoint.objects.select_related("environment"):
+        check_endpoint_health(endpoint)
+        count += 1
+    return count

@@ -1,0 +1,198 @@
+"""Promotion through the API to a real `python -m serving` process (gRPC), with rollback, canary,
+health, and faults that must leave the endpoint serving what it served before."""
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from optimization.models import VersionMetrics
+from registry.models import AuditEvent
+from releases.models import Endpoint, Environment, Promotion, Release
+from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def immediate(settings):  # type: ignore[no-untyped-def]
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
+                                  "QUEUES": ["default"]}}
+
+
+@pytest.fixture
+def server(launch_server):  # type: ignore[no-untyped-def]
+    return launch_server(0)
+
+
+@pytest.fixture
+def ready(alice, artifacts, server, tmp_path):  # type: ignore[no-untyped-def]
+    """A model (unique name) with v1, v2 (different weights), an eval dataset, an endpoint on the
+    server, and a function making an image-ready production release of a version."""
+    from registry import services
+    from registry.uploads import StagedFile
+    from tests import factories
+
+    name = f"m{uuid.uuid4().hex[:8]}"
+    model = services.model_create(name=name, owner=alice, task="classification")
+    v1 = services.version_create(model=model, staged=StagedFile.from_path(artifacts["zip"]), actor=alice)
+    v2 = services.version_create(model=model, staged=StagedFile.from_path(artifacts["zip2"]), actor=alice)
+    path = tmp_path / "eval.npz"
+    path.write_bytes(factories.npz_bytes(x=np.random.default_rng(0).normal(size=(16, 8)).astype("float32"),
+                                         y=np.zeros(16, "int64")))
+    services.dataset_create(model=model, staged=StagedFile.from_path(path), role="eval", actor=alice)
+    endpoint = Endpoint.objects.create(name=f"ep-{name}", environment=Environment.objects.get(name="production"),
+                                      kind="model_repository", grpc_target=f"127.0.0.1:{server.grpc_port}",
+                                      repository_path=str(server.base_dir), config_path=str(server.config_path))
+
+    def image_ready(version):  # type: ignore[no-untyped-def]
+        # The image build is covered by test_builds (real engine); promotion starts from image_ready.
+        release = Release.objects.create(version=version, environment=endpoint.environment, requester=alice,
+                                         state="image_ready")
+        return release
+
+    return {"model": model, "v1": v1, "v2": v2, "endpoint": endpoint, "image_ready": image_ready, "server": server}
+
+
+def stable_version(server, model_name):  # type: ignore[no-untyped-def]
+    outputs, served = server.client.predict(model_name, {"features": np.ones((1, 8), np.float32)}, label="stable")
+    return served
+
+
+def promote(api, release, django_capture_on_commit_callbacks, **body):  # type: ignore[no-untyped-def]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(f"/api/v1/releases/{release.pk}/promote/", body, format="json")
+    release.refresh_from_db()
+    return response
+
+
+@pytest.mark.django_db
+def test_promote_then_promote_again_then_roll_back(api, ready, immediate, django_capture_on_commit_callbacks):
+    name, server = ready["model"].name, ready["server"]
+    first = ready["image_ready"](ready["v1"])
+    response = promote(api, first, django_capture_on_commit_callbacks)
+    assert response.status_code == 200, response.content
+    assert first.state == "live", (first.failure_step, first.failure_reason)
+    assert stable_version(server, name) == 1
+    promotion = Promotion.objects.get(release=first)
+    assert promotion.state == "succeeded" and promotion.previous_version is None
+    steps = [s["step"] for s in promotion.steps]
+    assert steps[0] == "verify" and "validate" in steps and steps[-1] == "done"
+    assert AuditEvent.objects.filter(action="release.promotion_step", object_id=str(first.pk)).count() == len(steps)
+
+    second = ready["image_ready"](ready["v2"])
+    promote(api, second, django_capture_on_commit_callbacks)
+    assert second.state == "live"
+    first.refresh_from_db()
+    assert first.state == "superseded"
+    assert stable_version(server, name) == 2
+    assert Promotion.objects.get(release=second).previous_version == 1
+
+    health = api.get(f"/api/v1/endpoints/{ready['endpoint'].name}/?refresh=1").json()
+    assert health["reachable"] is True
+    assert health["health"][name]["labels"]["stable"] == 2
+    assert health["health"][name]["versions"] == {"1": "AVAILABLE", "2": "AVAILABLE"}
+
+    rolled = api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "latency spike"}, format="json")
+    assert rolled.status_code == 200 and rolled.json()["state"] == "rolled_back"
+    assert stable_version(server, name) == 1
+    first.refresh_from_db()
+    assert first.state == "live"
+    assert AuditEvent.objects.get(action="release.rollback").comment == "latency spike"
+
+
+@pytest.mark.django_db
+def test_canary_then_complete(api, ready, immediate, django_capture_on_commit_callbacks):
+    name, server = ready["model"].name, ready["server"]
+    first = ready["image_ready"](ready["v1"])
+    promote(api, first, django_capture_on_commit_callbacks)
+    second = ready["image_ready"](ready["v2"])
+    promote(api, second, django_capture_on_commit_callbacks, canary=True)
+    assert second.state == "canary"
+    assert stable_version(server, name) == 1
+    _, served = server.client.predict(name, {"features": np.ones((1, 8), np.float32)}, label="canary")
+    assert served == 2
+    done = api.post(f"/api/v1/releases/{second.pk}/complete/")
+    assert done.status_code == 200 and done.json()["state"] == "live"
+    assert stable_version(server, name) == 2
+
+
+@pytest.mark.django_db
+def test_wrong_answers_fail_the_promotion_and_leave_the_endpoint_as_it_was(
+        api, ready, immediate, django_capture_on_commit_callbacks):
+    name, server = ready["model"].name, ready["server"]
+    first = ready["image_ready"](ready["v1"])
+    promote(api, first, django_capture_on_commit_callbacks)
+    config_before = server.config_path.read_text()
+    # Record samples for v2 that are really v1's answers: the endpoint will answer differently.
+    eval_ds = ready["model"].datasets.get()
+    x = np.ones((2, 8), np.float32)
+    _, _ = server.client.predict(name, {"features": x}, label="stable")
+    v1_out, _ = server.client.predict(name, {"features": x}, version=1)
+    VersionMetrics.objects.create(version=ready["v2"], eval_dataset=eval_ds, metrics={}, samples={
+        "inputs": x.tolist(), "outputs": np.asarray(next(iter(v1_out.values()))).tolist(), "input_name": "features",
+        "output_name": "probs", "dtype": "float32"})
+    second = ready["image_ready"](ready["v2"])
+    promote(api, second, django_capture_on_commit_callbacks)
+    assert second.state == "failed" and second.failure_step.endswith("validate")
+    assert second.retryable is True and "answer" in second.failure_reason.lower()
+    assert server.config_path.read_text() == config_before
+    assert stable_version(server, name) == 1
+    first.refresh_from_db()
+    assert first.state == "live"
+    assert not (server.base_dir / name / "2").exists()
+
+
+@pytest.mark.django_db
+def test_tampered_artifact_is_refused_before_anything_is_copied(api, ready, immediate,
+                                                                django_capture_on_commit_callbacks):
+    from registry.blobstore import artifact_store
+
+    name, server = ready["model"].name, ready["server"]
+    blob = artifact_store().blob_path(ready["v1"].artifact_sha256)
+    blob.chmod(0o640)
+    data = bytearray(blob.read_bytes())
+    data[-200] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    release = ready["image_ready"](ready["v1"])
+    promote(api, release, django_capture_on_commit_callbacks)
+    assert release.state == "failed" and "digest" in release.failure_reason
+    assert release.retryable is False
+    assert not (server.base_dir / name).exists()
+
+
+@pytest.mark.django_db
+def test_endpoint_down_fails_cleanly_and_can_be_retried(api, ready, immediate, django_capture_on_commit_callbacks):
+    endpoint = ready["endpoint"]
+    real_target = endpoint.grpc_target
+    Endpoint.objects.filter(pk=endpoint.pk).update(grpc_target="127.0.0.1:9")  # nothing listens there
+    release = ready["image_ready"](ready["v1"])
+    promote(api, release, django_capture_on_commit_callbacks)
+    assert release.state == "failed" and release.retryable
+    assert release.failure_step.startswith(f"promote:{endpoint.name}")
+    assert not (ready["server"].base_dir / ready["model"].name).exists()
+    Endpoint.objects.filter(pk=endpoint.pk).update(grpc_target=real_target)
+    retry = promote(api, release, django_capture_on_commit_callbacks)
+    assert retry.status_code == 200 and release.state == "live"
+    assert stable_version(ready["server"], ready["model"].name) == 1
+
+
+@pytest.mark.django_db
+def test_promote_needs_an_image_ready_release(api, ready):
+    release = Release.objects.create(version=ready["v1"], environment=ready["endpoint"].environment,
+                                     requester=ready["v1"].created_by)
+    response = api.post(f"/api/v1/releases/{release.pk}/promote/", {}, format="json")
+    assert response.status_code == 409 and "is draft" in response.json()["error"]["message"]
+    assert not Promotion.objects.exists()
+
+
+@pytest.mark.django_db
+def test_endpoint_api_create_validates(api, ready):
+    bad = api.post("/api/v1/endpoints/", {"name": "x", "environment": "staging", "kind": "model_repository",
+                                          "repository_path": "relative/path", "grpc_target": "h:1"}, format="json")
+    assert bad.status_code == 400 and "absolute" in bad.json()["error"]["message"]
+    ok = api.post("/api/v1/endpoints/", {"name": "local", "environment": "staging", "kind": "model_repository",
+                                         "repository_path": "/srv/models", "grpc_target": "127.0.0.1:8500"},
+                  format="json")
+    assert ok.status_code == 201, ok.content
+    assert ok.json()["serving_profile"]["batching"]["max_batch_size"] == 32
+    assert api.get("/api/v1/endpoints/").json()["count"] == 2
