@@ -32,9 +32,14 @@ MAX_WARMUP_REQUESTS = 100  # TF Serving reads at most 1000; a few rows prove the
 def docker_client() -> Any:
     import docker
 
-    if settings.DOCKER_HOST:
-        return docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=settings.DOCKER_TIMEOUT)
-    return docker.from_env(timeout=settings.DOCKER_TIMEOUT)
+    where = settings.DOCKER_HOST or "the default Docker socket (DOCKER_HOST unset)"
+    try:
+        if settings.DOCKER_HOST:
+            return docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=settings.DOCKER_TIMEOUT)
+        return docker.from_env(timeout=settings.DOCKER_TIMEOUT)
+    except docker.errors.DockerException as exc:
+        raise images.ImageBuildError(f"Docker engine unreachable at {where}: {exc}. Retry once it is up.",
+                                     retryable=True) from exc
 
 
 def registry_auth() -> dict[str, str] | None:
