@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -129,9 +130,9 @@ class ContainerPromotion:
     previous_container_id: str | None
     model_name: str = ""
     version: int = 0
-    retired_ids: tuple[str, ...] = ()
     steps: tuple[tuple[str, str], ...] = ()
     duration_s: float = 0.0
+    retirement: "Retirement | None" = field(default=None, compare=False, repr=False)
 
 
 # --- engine helpers ----------------------------------------------------------------------------
@@ -331,10 +332,13 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
     (signature + recorded samples, through ``label`` if given, else the version), and return its
     target. The caller switches traffic by recording ``grpc_target``/``rest_url`` as active.
 
-    ``grace_s``: if not None, after validation, containers of this endpoint other than the new
-    and the old one (superseded at least one promotion ago) are retired, ``grace_s`` seconds
-    after being found. Steps: check, start, available, validate, [retire], done; on failure
-    remove, failed, then ContainerPromotionFailed(step, reason)."""
+    ``grace_s``: if not None, once validated, a background ``Retirement`` (returned as
+    ``.retirement``) waits ``grace_s`` seconds - time for the caller to switch traffic and for
+    requests in flight to finish - then stops and removes this endpoint's containers older than
+    ``old``; the new one and ``old`` (the rollback target) are kept. It is off the promotion's
+    critical path; a retirement that dies with its process is picked up by the next one.
+    Steps: check, start, available, validate, [retire], done; on failure remove, failed, then
+    ContainerPromotionFailed(step, reason)."""
     parsed = Samples.parse(dict(samples) if isinstance(samples, Mapping) else samples)
     report = _Reporter(on_step)
     started = time.monotonic()
@@ -412,23 +416,22 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
                                f"{note} and {len(parsed.inputs)} sample answers match through "
                                f"{f'label {label!r}' if label else f'version {version}'}")
 
-        retired: list[str] = []
+        retirement = None
         if grace_s is not None:
-            state["step"] = "retire"
             keep = {container.id} | ({old.id} if old is not None else set())
-            retired = retire_containers(client, endpoint_name, keep, grace_s=grace_s)
-            report("retire", f"retired {[r[:12] for r in retired]}; kept "
-                             f"{old.name if old is not None else 'no previous container'} for rollback")
+            retirement = Retirement(client, endpoint_name, keep, grace_s)
+            report("retire", f"containers of {endpoint_name} older than "
+                             f"{old.name if old is not None else 'this one'} retire in the background "
+                             f"after {grace_s:g} s; {old.name if old is not None else 'nothing'} kept "
+                             f"for rollback")
         duration = time.monotonic() - started
         report("done", f"{model_name} version {version} serves at {grpc_target} in {duration:.2f} s; "
                        f"switch traffic to it")
         return ContainerPromotion(container.id, grpc_target, rest_url,
                                   old.id if old is not None else None, model_name, version,
-                                  tuple(retired), tuple(report.steps), duration)
+                                  tuple(report.steps), duration, retirement)
     except Exception as exc:
         step, container = state["step"], state["container"]
-        if step == "retire":  # validated and serving: a failed clean-up is not a failed promotion
-            raise
         remove_error = None
         if container is not None:
             logs = log_tail(container)
@@ -494,6 +497,36 @@ def _wait_serving(client: Any, container: Any, serving: TFServingClient, model_n
 
 
 # --- retire and rollback -----------------------------------------------------------------------
+
+class Retirement:
+    """retire_containers() in a daemon thread (after its grace period); ``wait()`` returns the
+    removed ids or raises what it raised."""
+
+    def __init__(self, client: Any, endpoint_name: str, keep_ids: set[str], grace_s: float) -> None:
+        self.endpoint_name, self.keep_ids, self.grace_s = endpoint_name, set(keep_ids), grace_s
+        self.removed: list[str] = []
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(client,), daemon=True,
+                                        name=f"retire-{endpoint_name}")
+        self._thread.start()
+
+    def _run(self, client: Any) -> None:
+        try:
+            self.removed = retire_containers(client, self.endpoint_name, self.keep_ids,
+                                             grace_s=self.grace_s)
+        except BaseException as exc:  # reported by wait(); the next promotion retries
+            self.error = exc
+            log.warning("retiring containers of %s failed: %s", self.endpoint_name, exc)
+
+    def wait(self, timeout: float | None = None) -> list[str]:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise ServingTimeout(f"Retirement of {self.endpoint_name}'s old containers still running "
+                                 f"after {timeout:g} s")
+        if self.error is not None:
+            raise self.error
+        return list(self.removed)
+
 
 def retire_containers(client: Any, endpoint_name: str, keep_ids: set[str], *,
                       grace_s: float = 0.0, stop_timeout: int = STOP_TIMEOUT_S) -> list[str]:

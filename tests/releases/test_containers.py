@@ -278,7 +278,8 @@ def test_third_promotion_retires_the_oldest_and_keeps_the_previous_for_rollback(
     result, steps = promote(docker_client, endpoint_name, image, 7, tiny_models.samples["c"],
                             old=old, grace_s=0.2)
     assert steps == ["check", "start", "available", "validate", "retire", "done"]
-    assert result.retired_ids == (v1.new_container_id,)
+    assert running(docker_client, v1.new_container_id)  # until the grace period has passed
+    assert result.retirement is not None and result.retirement.wait(30) == [v1.new_container_id]
     assert not running(docker_client, v1.new_container_id)
     assert running(docker_client, v2.new_container_id) and running(docker_client, result.new_container_id)
     with pytest.raises(containers.ContainerGone):

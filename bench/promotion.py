@@ -1,0 +1,378 @@
+"""Benchmark: promotion and rollback under steady Predict traffic.
+
+    .venv/bin/python bench/promotion.py [--promotions 5] [--kind repository|docker|both] [--hidden 1024]
+
+What it measures (targets: overhead <= 1 s, rollback <= 1 s, zero failed requests):
+
+* repository kind (releases.promotion_engine.promote) against a real `python -m serving` process
+  on a temporary model repository (empty models.config, read once; every change goes through
+  HandleReloadConfigRequest as in production). A client thread sends Predict to label `stable`
+  back to back (~2 ms pause) for the whole run.
+  - promote: from calling promote() until the client first gets an answer from the new version
+    through `stable` (and, apart, until promote() returned);
+  - load: the model's own load time in the server: from the `stage` step (version directory
+    published) to the `available` step (GetModelStatus says AVAILABLE). The in-process reference,
+    tf.saved_model.load + first call of the same SavedModel, is printed beside it;
+  - overhead = promote - load: everything the engine adds (checks, staging copy, reloads, canary
+    validation, label move);
+  - rollback: from calling rollback() until the client first gets an answer from the previous
+    version through `stable`.
+  Each round: promote v(i) (stable v(i-1) -> v(i)), then roll back to v(i-1).
+* docker kind (releases.containers.promote_container), if --kind docker|both: release images built
+  with images.build_image FROM the serving TEST HARNESS base image of tests/releases/
+  container_fixtures.py (the host's Python + `serving` bind-mounted into a busybox image: a test
+  stand-in for the TF Serving image). The client sends to the endpoint's *active* target, which
+  the bench switches when promote_container returns (what the Endpoint service records).
+  - load: container start -> version AVAILABLE (boot of the server + model load: with the harness
+    that is mostly importing TensorFlow in a fresh Python);
+  - overhead = promote - load (engine checks, image lookup, container create/start, validation);
+  - rollback: rollback_container() (checks the kept container serves) + switching the target,
+    until the client's first answer from the previous version.
+
+Exit status 1 when a target is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from releases import promotion_engine as engine  # noqa: E402
+from releases.tfserving import TFServingClient  # noqa: E402
+
+MODEL = "bench"
+FEATURES = 32
+HIDDEN = 1024  # --hidden
+X = np.random.default_rng(0).normal(size=(4, FEATURES)).astype(np.float32)
+TARGET_OVERHEAD_S = 1.0
+TARGET_ROLLBACK_S = 1.0
+
+
+# --- models --------------------------------------------------------------------------------------
+
+def build_models(root: Path, count: int) -> tuple[list[Path], list[dict[str, Any]]]:
+    """`count` SavedModels (same MLP shape, different weights): x float32[None, 32] -> y [None, 10],
+    two hidden layers of --hidden units (1024: ~4 MB of weights)."""
+    import tf_keras
+
+    paths, samples = [], []
+    for i in range(count):
+        tf_keras.utils.set_random_seed(100 + i)
+        inputs = tf_keras.Input(shape=(FEATURES,), name="x")
+        hidden = tf_keras.layers.Dense(HIDDEN, activation="relu")(inputs)
+        hidden = tf_keras.layers.Dense(HIDDEN, activation="relu")(hidden)
+        outputs = tf_keras.layers.Dense(10, name="y")(hidden)
+        model = tf_keras.Model(inputs, outputs)
+        path = root / f"m{i + 1}"
+        model.save(str(path), save_format="tf")
+        paths.append(path)
+        samples.append({"inputs": X.tolist(), "outputs": model(X).numpy().tolist(),
+                        "input_name": "x", "output_name": "y", "dtype": "float32"})
+    return paths, samples
+
+
+def in_process_load_s(path: Path) -> float:
+    """Reference: the model's own load time, tf.saved_model.load + the first call."""
+    import tensorflow as tf
+
+    started = time.monotonic()
+    loaded = tf.saved_model.load(str(path))
+    loaded.signatures["serving_default"](x=tf.constant(X))
+    return time.monotonic() - started
+
+
+# --- traffic -------------------------------------------------------------------------------------
+
+@dataclass
+class Traffic:
+    """A thread sending Predict to label `stable` of the active target, back to back."""
+
+    target: str
+    label: str | None = "stable"
+    pause_s: float = 0.002
+    log: list[tuple[float, int | None, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._clients: dict[str, TFServingClient] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def switch(self, target: str) -> None:
+        self.target = target
+
+    def _client(self, target: str) -> TFServingClient:
+        if target not in self._clients:
+            self._clients[target] = TFServingClient(target, timeout=5)
+        return self._clients[target]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                _, version = self._client(self.target).predict(MODEL, {"x": X}, label=self.label)
+                self.log.append((sent, version, ""))
+            except Exception as exc:
+                self.log.append((sent, None, f"{type(exc).__name__}: {exc}"))
+            time.sleep(self.pause_s)
+
+    def start(self) -> "Traffic":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for client in self._clients.values():
+            client.close()
+
+    def first_seen(self, version: int, after: float, timeout: float = 30.0) -> float:
+        """Monotonic send time of the first answer from `version` sent after `after`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hits = [sent for sent, served, _ in list(self.log) if sent >= after and served == version]
+            if hits:
+                return hits[0]
+            time.sleep(0.005)
+        raise TimeoutError(f"the client never got an answer from version {version}")
+
+    def failures(self) -> list[str]:
+        return [error for _, served, error in self.log if served is None]
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))
+    return ordered[index]
+
+
+def row(name: str, values: list[float]) -> str:
+    return f"| {name:<38} | {statistics.median(values):8.3f} | {pct(values, 0.95):8.3f} |"
+
+
+def print_table(title: str, rows: dict[str, list[float]], traffic: Traffic, extra: list[str]) -> None:
+    print(f"\n### {title}\n")
+    print(f"| {'seconds':<38} | {'median':>8} | {'p95':>8} |")
+    print(f"|{'-' * 40}|{'-' * 10}|{'-' * 10}|")
+    for name, values in rows.items():
+        print(row(name, values))
+    failures = traffic.failures()
+    print(f"\nrequests {len(traffic.log)}, failures {len(failures)}" +
+          (f" (first: {failures[0]})" if failures else ""))
+    for line in extra:
+        print(line)
+
+
+# --- repository kind -------------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_repository(rounds: int, work: Path) -> bool:
+    paths, samples = build_models(work / "models-src", rounds + 1)
+    reference = [in_process_load_s(p) for p in paths[:3]]
+    base, config = work / "repo", work / "models.config"
+    base.mkdir()
+    config.write_text("model_config_list {\n}\n")
+    grpc_port, rest_port = free_port(), free_port()
+    log_path = work / "server.log"
+    with open(log_path, "wb") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "serving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+             f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
+             "--max_num_load_retries=0"], cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    client = TFServingClient(f"127.0.0.1:{grpc_port}", timeout=10)
+    try:
+        deadline = time.monotonic() + 90
+        while not client.reachable(timeout=0.5):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        endpoint = engine.RepositoryEndpoint(base, config, client)
+        engine.promote(endpoint, model_name=MODEL, version=1, saved_model_src=paths[0],
+                       samples=samples[0], deadline_s=60)
+        traffic = Traffic(client.grpc_target).start()
+        time.sleep(0.5)
+        rows: dict[str, list[float]] = {k: [] for k in (
+            "promote (call -> client sees new version)", "promote() returned", "load (stage -> available)",
+            "overhead (promote - load)", "rollback (call -> client sees old)", "rollback() returned")}
+        stable = 1
+        for i in range(2, rounds + 2):
+            marks: dict[str, float] = {}
+            started = time.monotonic()
+            engine.promote(endpoint, model_name=MODEL, version=i, saved_model_src=paths[i - 1],
+                           samples=samples[i - 1], deadline_s=60,
+                           on_step=lambda step, _m: marks.setdefault(step, time.monotonic()))
+            returned = time.monotonic()
+            seen = traffic.first_seen(i, started)
+            load = marks["available"] - marks["stage"]
+            total = seen - started
+            rows["promote (call -> client sees new version)"].append(total)
+            rows["promote() returned"].append(returned - started)
+            rows["load (stage -> available)"].append(load)
+            rows["overhead (promote - load)"].append(total - load)
+            time.sleep(0.3)
+            started = time.monotonic()
+            engine.rollback(endpoint, model_name=MODEL, to_version=stable)
+            returned = time.monotonic()
+            seen = traffic.first_seen(stable, started)
+            rows["rollback (call -> client sees old)"].append(seen - started)
+            rows["rollback() returned"].append(returned - started)
+            time.sleep(0.3)
+        traffic.stop()
+        print_table(f"repository kind: {rounds} promotions + rollbacks, `python -m serving`", rows,
+                    traffic, [f"in-process reference load (tf.saved_model.load + first call): "
+                              f"median {statistics.median(reference):.3f} s"])
+        ok = (statistics.median(rows["overhead (promote - load)"]) <= TARGET_OVERHEAD_S
+              and statistics.median(rows["rollback (call -> client sees old)"]) <= TARGET_ROLLBACK_S
+              and not traffic.failures())
+        return ok
+    finally:
+        client.close()
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+# --- docker kind -----------------------------------------------------------------------------------
+
+def bench_docker(rounds: int, work: Path) -> bool:
+    import docker
+
+    from releases import containers, images
+    from tests.releases import container_fixtures as harness
+
+    client = docker.DockerClient(version="auto", timeout=120)
+    run = harness.RUN_ID
+    standin, base = f"modelyard-bench/standin:{run}", f"modelyard-bench/harness:{run}"
+    repository = f"127.0.0.1:5000/modelyard-bench/p{run}"
+    endpoint = f"bench-{run}"
+    refs: list[str] = []
+    traffic: Traffic | None = None
+    try:
+        paths, samples = build_models(work / "docker-src", rounds + 1)
+        images.ensure_standin_base_image(client.api, standin)
+        import io
+
+        for chunk in client.api.build(fileobj=io.BytesIO(harness._context(standin)), custom_context=True,
+                                      tag=base, rm=True, pull=False, decode=True, network_mode="none"):
+            if "error" in chunk:
+                raise RuntimeError(chunk["error"])
+        for i, path in enumerate(paths, start=1):
+            spec = images.ImageSpec(model_name=MODEL, version=i, release_id=i, saved_model_dir=path,
+                                    model_sha256="ef" * 32, base_image=base, repository=repository,
+                                    created="2024-05-01T12:00:00+00:00", version_labels={"stable": i})
+            images.build_image(spec, client=client.api, on_log=lambda _l: None)
+            refs.append(spec.image_ref)
+        common = dict(endpoint_name=endpoint, model_name=MODEL, mounts=harness.harness_mounts(),
+                      label="stable", deadline_s=120,
+                      extra_args=["--max_num_load_retries=0",
+                                  "--allow_version_labels_for_unavailable_models=true"])
+        first = containers.promote_container(client, version=1, image_ref=refs[0], samples=samples[0],
+                                             **common)
+        active = first
+        traffic = Traffic(active.grpc_target).start()
+        time.sleep(0.5)
+        rows: dict[str, list[float]] = {k: [] for k in (
+            "promote (call -> client sees new version)", "load (start -> available)",
+            "overhead (promote - load)", "rollback (call -> client sees old)")}
+        for i in range(2, rounds + 2):
+            marks: dict[str, float] = {}
+            started = time.monotonic()
+            old = client.containers.get(active.new_container_id)
+            result = containers.promote_container(
+                client, version=i, image_ref=refs[i - 1], samples=samples[i - 1], old=old, grace_s=0.5,
+                on_step=lambda step, _m: marks.setdefault(step, time.monotonic()), **common)
+            traffic.switch(result.grpc_target)  # the caller records the new target; retirement
+            # of the containers older than the previous one runs in the background after grace_s
+            seen = traffic.first_seen(i, started)
+            load = marks["available"] - marks["start"]
+            rows["promote (call -> client sees new version)"].append(seen - started)
+            rows["load (start -> available)"].append(load)
+            rows["overhead (promote - load)"].append(seen - started - load)
+            time.sleep(0.3)
+            started = time.monotonic()
+            target = containers.rollback_container(client, endpoint_name=endpoint,
+                                                   container_id=result.previous_container_id,
+                                                   model_name=MODEL)
+            traffic.switch(target.grpc_target)
+            seen = traffic.first_seen(target.version, started)
+            rows["rollback (call -> client sees old)"].append(seen - started)
+            time.sleep(0.3)
+            traffic.switch(result.grpc_target)  # roll forward again for the next round
+            active = result
+        traffic.stop()
+        print_table(f"docker kind: {rounds} promotions + rollbacks, harness containers (host network)",
+                    rows, traffic, ["load here = container boot (Python + TensorFlow import in a fresh "
+                                    "process) + model load"])
+        return (statistics.median(rows["overhead (promote - load)"]) <= TARGET_OVERHEAD_S
+                and statistics.median(rows["rollback (call -> client sees old)"]) <= TARGET_ROLLBACK_S
+                and not traffic.failures())
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        for container in containers.endpoint_containers(client, endpoint):
+            container.remove(force=True)
+        for ref in [*refs, base, standin]:
+            try:
+                client.images.remove(ref, force=True)
+            except docker.errors.APIError:
+                pass
+        client.close()
+
+
+def main() -> int:
+    global HIDDEN
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--promotions", type=int, default=5)
+    parser.add_argument("--hidden", type=int, default=HIDDEN, help="hidden layer width")
+    parser.add_argument("--kind", choices=("repository", "docker", "both"), default="both")
+    args = parser.parse_args()
+    HIDDEN = args.hidden
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="bench-promotion-"))
+    ok = True
+    try:
+        print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        if args.kind in ("repository", "both"):
+            ok &= bench_repository(args.promotions, work)
+        if args.kind in ("docker", "both"):
+            ok &= bench_docker(args.promotions, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\ntargets (median): overhead <= {TARGET_OVERHEAD_S:g} s, rollback <= {TARGET_ROLLBACK_S:g} s, "
+          f"zero failures: {'met' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
