@@ -335,8 +335,9 @@ class TFLitePredictor(Predictor):
             axis = None
             if quantized:
                 zero_points = np.asarray(params.get("zero_points", np.zeros_like(scales)), dtype=np.float32)
-                if zero_points.size == 0:
-                    zero_points = np.zeros_like(scales)
+                if zero_points.size != scales.size:  # absent, or one shared zero point
+                    zero_points = np.broadcast_to(zero_points if zero_points.size else np.zeros(1, np.float32),
+                                                  scales.shape).astype(np.float32)
                 if scales.size > 1:
                     axis = int(params.get("quantized_dimension", 0))
                     shape = [1] * raw.ndim

@@ -39,16 +39,22 @@ NAMED_PIPELINES: dict[str, list[dict[str, Any]]] = {
     "cqat": [{"technique": "cluster", "params": {}}, {"technique": "qat", "params": {"scheme": "cqat"}}],
 }
 
-# Auto-compression tries these in order, most to least aggressive, and keeps the first result whose
-# accuracy stays within tolerance of the baseline.
+# Auto-compression measures these (most to least aggressive) and registers the best one by its
+# objective among those within the accuracy budget (optimization/budget.py).
 AUTO_CANDIDATES: list[dict[str, Any]] = [
     {"label": "prune 90% + int8", "recipe": {"pipeline": [
         {"technique": "prune", "params": {"sparsity": 0.9}}, {"technique": "ptq_int8", "params": {}}]}},
     {"label": "prune 80% + int8", "recipe": {"pipeline": [
         {"technique": "prune", "params": {"sparsity": 0.8}}, {"technique": "ptq_int8", "params": {}}]}},
+    {"label": "prune 80% + PQAT", "recipe": {"pipeline": [
+        {"technique": "prune", "params": {"sparsity": 0.8}},
+        {"technique": "qat", "params": {"scheme": "pqat"}}]}},
     {"label": "cluster 16 + int8", "recipe": {"pipeline": [
         {"technique": "cluster", "params": {"number_of_clusters": 16}},
         {"technique": "ptq_int8", "params": {}}]}},
+    {"label": "cluster 16 + CQAT", "recipe": {"pipeline": [
+        {"technique": "cluster", "params": {"number_of_clusters": 16}},
+        {"technique": "qat", "params": {"scheme": "cqat"}}]}},
     {"label": "prune 50% + int8", "recipe": {"pipeline": [
         {"technique": "prune", "params": {"sparsity": 0.5}}, {"technique": "ptq_int8", "params": {}}]}},
     {"label": "int8", "recipe": {"technique": "ptq_int8", "params": {}}},

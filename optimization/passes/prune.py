@@ -1,6 +1,8 @@
 """Magnitude pruning (tfmot ``prune_low_magnitude``) with a short fine-tune, then stripped."""
 from __future__ import annotations
 
+import math
+
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,8 +27,12 @@ class Prune(Pass):
         "sparsity": c.Param(float, 0.8, lo=0, hi=1, lo_open=True, hi_open=True),
         "initial_sparsity": c.Param(float, optional=True, lo=0, hi=1, hi_open=True),
         **c.TRAINING_PARAMS,
+        # Default: enough epochs for ~1000 fine-tuning steps (at least 2). A fixed 2 epochs is only
+        # 86 steps on digits and cost 7 accuracy points at 80%; the MNIST tutorial's 2 are ~840.
+        "epochs": c.Param(int, optional=True, lo=1, hi=1000),
         "learning_rate": c.Param(float, 1e-3, lo=0, hi=10, lo_open=True),  # tutorial: Adam default
     }
+    target_steps = 1000
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         p = c.check_params(self.name, params, self.spec)
@@ -41,6 +47,10 @@ class Prune(Pass):
         params = self.validate_params(params)
         source = c.keras_model_of(self.name, model)
         train = c.require_data(self.name, ctx.train, "train")
+        if params["epochs"] is None:
+            per_epoch = c.steps_per_epoch(len(train.x), params["batch_size"])
+            params["epochs"] = max(2, math.ceil(self.target_steps / per_epoch))
+            ctx.log(f"{self.name}: {params['epochs']} fine-tuning epochs ({per_epoch} steps each)")
         tfmot = c.tfmot()
         sp = tfmot.sparsity.keras
 

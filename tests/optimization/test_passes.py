@@ -120,7 +120,7 @@ def test_named_pipelines_and_auto_candidates_parse() -> None:
         assert parse_recipe(cand["recipe"])[-1][0].produces == "tflite"
     assert required_data(parse_recipe("prune_int8")) == {"train", "calibration"}
     one = parse_recipe({"technique": "prune", "params": {"sparsity": 0.6}})
-    assert one[0][1] == {"sparsity": 0.6, "initial_sparsity": 0.5, "epochs": 2, "batch_size": 32,
+    assert one[0][1] == {"sparsity": 0.6, "initial_sparsity": 0.5, "epochs": None, "batch_size": 32,
                          "learning_rate": 1e-3}
 
 

@@ -1,0 +1,87 @@
+"""The Django side of promoting to a ``docker`` endpoint: run the release's image beside the
+current container, validate it, then record it as the endpoint's active container (the
+"traffic switch": clients resolve the endpoint's gRPC target from here) and keep the previous
+one running for rollback. The container work is ``releases.containers``."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from registry.errors import RegistryError
+from releases import containers
+from releases.models import Endpoint, Promotion, Release
+
+
+def docker_client(endpoint: Endpoint) -> Any:
+    import docker
+
+    base_url = endpoint.docker_host or settings.DOCKER_HOST
+    try:
+        if base_url:
+            return docker.DockerClient(base_url=base_url, timeout=settings.DOCKER_TIMEOUT)
+        return docker.from_env(timeout=settings.DOCKER_TIMEOUT)
+    except docker.errors.DockerException as exc:
+        raise containers.ContainerError(f"Docker engine unreachable at {base_url or 'the default socket'}: {exc}",
+                                        retryable=True) from exc
+
+
+def _container(client: Any, container_id: str) -> Any | None:
+    import docker
+
+    if not container_id:
+        return None
+    try:
+        return client.containers.get(container_id)
+    except docker.errors.NotFound:
+        return None
+
+
+def _ports(endpoint: Endpoint, old: Any | None) -> tuple[int, int]:
+    """Side by side on host networking: alternate between two port pairs."""
+    base = int(endpoint.grpc_port_base or 9500)
+    if old is not None and containers.target_of(old).grpc_port == base:
+        return base + 2, base + 3
+    return base, base + 1
+
+
+def _mounts(profile: dict[str, Any]) -> list[Any]:
+    import docker
+
+    return [docker.types.Mount(target=m["target"], source=m["source"], type="bind",
+                               read_only=bool(m.get("read_only", True))) for m in profile.get("mounts", [])]
+
+
+def promote(release: Release, promotion: Promotion, samples: dict[str, Any], on_step: Any) -> int | None:
+    endpoint = promotion.endpoint
+    if not release.image_digest:
+        raise RegistryError(f"Endpoint {endpoint.name} runs containers: release {release.pk} needs its image "
+                            "built first.", code="no_image")
+    client = docker_client(endpoint)
+    old = _container(client, endpoint.active_container_id)
+    profile = endpoint.serving_profile()
+    from releases.promotion import tolerance_for
+
+    result = containers.promote_container(
+        client, endpoint_name=endpoint.name, model_name=release.version.model.name, version=release.version.number,
+        image_ref=release.image_ref, samples=samples, tolerance=tolerance_for(release.version), old=old,
+        ports=_ports(endpoint, old), on_step=on_step, deadline_s=settings.PROMOTION_DEADLINE,
+        gpu=bool(profile.get("gpu")), release_id=release.pk, mounts=_mounts(profile),
+        environment=profile.get("environment") or None)
+    previous_version = int(old.labels.get("io.modelyard.version")) if old is not None else None
+    Endpoint.objects.filter(pk=endpoint.pk).update(
+        active_container_id=result.new_container_id, previous_container_id=old.id if old is not None else "",
+        grpc_target=result.grpc_target, rest_url=result.rest_url)
+    keep = {result.new_container_id} | ({old.id} if old is not None else set())
+    containers.retire_containers(client, endpoint.name, keep)
+    return previous_version
+
+
+def rollback(promotion: Promotion) -> None:
+    endpoint = Endpoint.objects.get(pk=promotion.endpoint_id)
+    client = docker_client(endpoint)
+    target = containers.rollback_container(client, endpoint_name=endpoint.name,
+                                           container_id=endpoint.previous_container_id)
+    Endpoint.objects.filter(pk=endpoint.pk).update(
+        active_container_id=endpoint.previous_container_id, previous_container_id=endpoint.active_container_id,
+        grpc_target=target.grpc_target, rest_url=target.rest_url)
