@@ -17,6 +17,9 @@ class Environment(models.Model):
     four_eyes = models.BooleanField(default=True, help_text="The approver may not be the requester.")
     auto_approve = models.BooleanField(default=False, help_text="Approve automatically when every gate passes.")
     auto_promote = models.BooleanField(default=False, help_text="Promote automatically once the image is ready.")
+    build_image = models.BooleanField(
+        default=True, help_text="Build a serving image on approval. Off: approved releases go straight to "
+                                "model_repository endpoints (the embedded `make run` setup has no Docker).")
     # default gates (a ReleasePolicy per model overrides any of them)
     max_accuracy_drop = models.FloatField(null=True, blank=True, help_text="Fraction, 0.01 = one point.")
     max_p95_latency_ms = models.FloatField(null=True, blank=True)

@@ -132,7 +132,14 @@ def release_promote_request(*, release: Release, actor: AbstractBaseUser | None,
         raise InvalidTransition(f"Release {release.pk} failed at {release.failure_step or 'an earlier step'}; "
                                 "only a failed promotion can be retried.", details={"state": release.state})
     endpoints = target_endpoints(release, endpoint)
-    release = _move(release, to=S.PROMOTING, allowed_from=[S.IMAGE_READY, S.FAILED], actor=actor,
+    allowed = [S.IMAGE_READY, S.FAILED]
+    if not release.environment.build_image:  # no image: model_repository endpoints take the SavedModel
+        allowed.append(S.APPROVED)
+        docker = [e.name for e in endpoints if e.kind == Endpoint.Kind.DOCKER]
+        if docker:
+            raise Conflict(f"Endpoints {docker} run containers, but {release.environment.name} builds no images.",
+                           code="no_image")
+    release = _move(release, to=S.PROMOTING, allowed_from=allowed, actor=actor,
                     action="release.promote_requested", verb="promoted",
                     fields={"failure_step": "", "failure_reason": "", "retryable": False},
                     after={"endpoints": [e.name for e in endpoints], "canary": canary})

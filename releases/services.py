@@ -127,9 +127,14 @@ def _approve(release: Release, *, actor: AbstractBaseUser | None, comment: str, 
     if actor is not None:
         Approval.objects.create(release=release, actor=actor, decision=Approval.Decision.APPROVE, comment=comment,
                                 override_reason=override_reason)
-    from releases.tasks import build_release_image
+    if release.environment.build_image:
+        from releases.tasks import build_release_image
 
-    transaction.on_commit(lambda: build_release_image.enqueue(release.pk))
+        transaction.on_commit(lambda: build_release_image.enqueue(release.pk))
+    elif release.environment.auto_promote:
+        from releases.promotion import release_promote_request
+
+        release_promote_request(release=release, actor=None)
     return release
 
 
