@@ -121,6 +121,14 @@ class ContainerTarget:
     rest_url: str
     version: int | None
 
+    @property
+    def grpc_port(self) -> int:
+        return int(self.grpc_target.rsplit(":", 1)[1])
+
+    @property
+    def rest_port(self) -> int:
+        return int(self.rest_url.rsplit(":", 1)[1])
+
 
 @dataclass(frozen=True)
 class ContainerPromotion:
@@ -452,7 +460,7 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
 
 
 def _ports(target: ContainerTarget) -> set[int]:
-    return {int(target.grpc_target.rsplit(":", 1)[1]), int(target.rest_url.rsplit(":", 1)[1])}
+    return {target.grpc_port, target.rest_port}
 
 
 def _check_running(client: Any, container: Any) -> None:

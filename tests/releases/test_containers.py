@@ -288,6 +288,8 @@ def test_third_promotion_retires_the_oldest_and_keeps_the_previous_for_rollback(
     target = containers.rollback_container(docker_client, endpoint_name=endpoint_name,
                                            container_id=result.previous_container_id, model_name=MODEL)
     assert target.grpc_target == v2.grpc_target
+    assert target.grpc_port == int(v2.grpc_target.rsplit(":", 1)[1])
+    assert target.rest_port == int(v2.rest_url.rsplit(":", 1)[1])
 
     # retire everything but the active one
     removed = containers.retire_containers(docker_client, endpoint_name, {result.new_container_id})
