@@ -7,11 +7,14 @@ register 95-100 %. For ``auto`` the 5-95 % span is split evenly between candidat
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
 from optimization import budget as budget_mod
 from optimization import metrics as harness
@@ -101,24 +104,13 @@ class JobRunner:
     def _parent_reference(self, source_path: Path, eval_arrays: Arrays) -> harness.ParentReference:
         """The source's own measurement on this eval set: computed once, then reused by every job."""
         job = self.job
-        stored = VersionMetrics.objects.filter(version=job.source, eval_dataset=job.eval_dataset).first()
-        if stored and stored.outputs_sha256:
-            path = registry.artifact_store().verify(stored.outputs_sha256)
-            self.log(f"reusing the parent's metrics from {stored.created_at:%Y-%m-%d %H:%M}")
-            return harness.ParentReference.load(path)
-        self.progress(3, "measuring parent", f"Measuring {job.source} on {job.eval_dataset.name}")
-        fmt = job.source.format
-        metrics, outputs = harness.measure(
-            artifact_path=self.source_blob, model_dir_or_file=source_path, fmt=fmt,
-            task=job.source.model.task, eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=None,
-            latency_runs=self.latency_runs)
-        reference = harness.parent_reference(metrics, outputs)
-        blob = self.workdir / "parent-reference.npz"
-        reference.save(blob)
-        samples = harness.sample_io(load_predictor(source_path, fmt), eval_arrays.x)
-        services.metrics_store(version=job.source, eval_dataset=job.eval_dataset, metrics=metrics, samples=samples,
-                               outputs_blob=blob)
-        return reference
+        if VersionMetrics.objects.filter(version=job.source, eval_dataset=job.eval_dataset).exclude(
+                outputs_sha256="").exists():
+            self.log("reusing the parent's metrics (measured once, stored)")
+        else:
+            self.progress(3, "measuring parent", f"Measuring {job.source} on {job.eval_dataset.name}")
+        return measure_version(job.source, job.eval_dataset, model_path=source_path, artifact_path=self.source_blob,
+                               eval_arrays=eval_arrays, workdir=self.workdir, latency_runs=self.latency_runs)
 
     def _context(self, data: dict[str, Arrays | None], start: float, end: float, label: str) -> PassContext:
         def progress(fraction: float, message: str) -> None:
@@ -236,6 +228,39 @@ class JobRunner:
     def log(self, line: str) -> None:
         log.info("job %s: %s", self.job.pk, line)
         services.job_log(self.job.pk, line)
+
+
+def measure_version(version: ModelVersion, eval_dataset: Dataset, *, model_path: Path, artifact_path: Path,
+                    eval_arrays: Arrays, workdir: Path, latency_runs: int = 50) -> harness.ParentReference:
+    """A version's own harness run on an eval dataset, stored once (metrics, samples, outputs) and
+    reused afterwards by every job and release gate."""
+    stored = VersionMetrics.objects.filter(version=version, eval_dataset=eval_dataset).first()
+    if stored and stored.outputs_sha256:
+        return harness.ParentReference.load(registry.artifact_store().verify(stored.outputs_sha256))
+    metrics, outputs = harness.measure(
+        artifact_path=artifact_path, model_dir_or_file=model_path, fmt=version.format, task=version.model.task,
+        eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=None, latency_runs=latency_runs)
+    reference = harness.parent_reference(metrics, outputs)
+    blob = workdir / f"reference-{version.pk}.npz"
+    reference.save(blob)
+    samples = harness.sample_io(load_predictor(model_path, version.format), eval_arrays.x)
+    services.metrics_store(version=version, eval_dataset=eval_dataset, metrics=metrics, samples=samples,
+                           outputs_blob=blob)
+    return reference
+
+
+def measure_stored_version(version: ModelVersion, eval_dataset: Dataset) -> VersionMetrics:
+    """Measure a registered version outside a job (the demo seed, a first release's gates)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"measure-{version.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
+    try:
+        model_path = registry.version_unpack(version, workdir / "model")
+        arrays = registry.dataset_arrays(eval_dataset)
+        measure_version(version, eval_dataset, model_path=model_path,
+                        artifact_path=registry.artifact_store().blob_path(version.artifact_sha256),
+                        eval_arrays=Arrays(x=arrays["x"], y=arrays.get("y")), workdir=workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return VersionMetrics.objects.get(version=version, eval_dataset=eval_dataset)
 
 
 def _summary(metrics: dict[str, Any]) -> str:

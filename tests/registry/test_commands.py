@@ -43,5 +43,9 @@ def test_seed_demo_registers_a_trained_model_with_datasets(monkeypatch):
     assert version.metadata["train_accuracy_eval_split"] > 0.9
     assert sorted(Dataset.objects.values_list("role", flat=True)) == ["calibration", "eval", "train"]
     assert ModelAlias.objects.get(name="champion").version == version
+    from optimization.models import VersionMetrics
+
+    measured = VersionMetrics.objects.get(version=version)  # gates and jobs have its numbers at once
+    assert measured.metrics["accuracy"] > 0.9 and len(measured.samples["inputs"]) == 8
     call_command("seed_demo", stdout=io.StringIO())  # idempotent
     assert ModelVersion.objects.count() == 1

@@ -75,13 +75,18 @@ class Command(BaseCommand):
                 model=registered, staged=StagedFile.from_path(archive), actor=owner,
                 description="Baseline CNN", metadata={"train_accuracy_eval_split": round(accuracy, 4)},
                 tags=["baseline"])
+            created = {}
             for role, (x, y) in {"eval": (x_eval, y_eval), "train": (x_train, y_train),
                                  "calibration": (x_train[:200], y_train[:200])}.items():
                 path = work / f"digits-{role}.npz"
                 np.savez(path, x=x, y=y)
-                services.dataset_create(model=registered, staged=StagedFile.from_path(path), role=role,
-                                        actor=owner, check_version=version)
+                created[role] = services.dataset_create(model=registered, staged=StagedFile.from_path(path),
+                                                        role=role, actor=owner, check_version=version)
             services.alias_set(model=registered, name="champion", version=version, actor=owner)
+        # Measured once now, so jobs compare against it and release gates have its numbers.
+        from optimization.runner import measure_stored_version
+
+        measure_stored_version(version, created["eval"])
         self.stdout.write(self.style.SUCCESS(
             f"Registered {DEMO_NAME} v{version.number} (eval accuracy {accuracy:.3f}) with train/eval/calibration "
             "datasets; alias 'champion' -> v1."))
