@@ -295,6 +295,10 @@ def batching_parameters_text(batching: Mapping[str, Any]) -> str:
 def serving_args(spec: ImageSpec) -> list[str]:
     """Arguments appended to the base image's entrypoint (tensorflow_model_server flags)."""
     args = [f"--model_config_file={MODELS_ROOT}/{MODELS_CONFIG}"]
+    if spec.version_labels:
+        # Labels in the start-up config name a version that is not loaded yet; TF Serving refuses
+        # them without this flag.
+        args.append("--allow_version_labels_for_unavailable_models=true")
     if spec.batching is not None:
         args += ["--enable_batching=true", f"--batching_parameters_file={MODELS_ROOT}/{BATCHING_FILE}"]
     if spec.gpu_memory_fraction is not None:
