@@ -19,7 +19,9 @@ from tests.releases.conftest_images import (  # noqa: F401 - fixtures
     docker_api, image_cleanup, image_spec, registry_addr, standin_base, tiny_models)
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-EXPECTED_ARGS = ["--model_config_file=/models/models.config", "--enable_batching=true",
+EXPECTED_ARGS = ["--model_config_file=/models/models.config",
+                 "--allow_version_labels_for_unavailable_models=true",  # the spec has start-up labels
+                 "--enable_batching=true",
                  "--batching_parameters_file=/models/batching_parameters.txt",
                  "--per_process_gpu_memory_fraction=0.5", "--xla_gpu_compilation_enabled=true"]
 
