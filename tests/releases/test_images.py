@@ -86,7 +86,10 @@ def test_dockerfile_layers_labels_and_serving_args(image_spec):
         assert f'"{key}"=' in dockerfile
 
     plain = image_spec(batching=None, gpu_memory_fraction=None, xla=False)
-    assert images.serving_args(plain) == ["--model_config_file=/models/models.config"]
+    assert images.serving_args(plain) == ["--model_config_file=/models/models.config",
+                                          "--allow_version_labels_for_unavailable_models=true"]
+    unlabelled = image_spec(batching=None, gpu_memory_fraction=None, xla=False, version_labels={})
+    assert images.serving_args(unlabelled) == ["--model_config_file=/models/models.config"]
     assert "batching_parameters.txt" not in _members(images.write_context(plain))
 
 
