@@ -13,8 +13,8 @@ from django.utils.html import format_html, format_html_join
 
 from registry.errors import RegistryError
 from registry.models import AuditEvent
-from releases import services
-from releases.models import Approval, Environment, Release, ReleasePolicy
+from releases import promotion, services
+from releases.models import Approval, Endpoint, Environment, Promotion, Release, ReleasePolicy
 
 
 class DecisionForm(forms.Form):
@@ -41,7 +41,7 @@ class ReleaseAdmin(admin.ModelAdmin):
     list_select_related = ["version__model", "environment", "requester"]
     search_fields = ["version__model__name", "notes", "image_digest"]
     inlines = [ApprovalInline]
-    actions = ["approve", "reject"]
+    actions = ["approve", "reject", "submit", "build", "promote", "promote_canary", "complete", "rollback"]
     fieldsets = [
         (None, {"fields": ["version", "environment", "state", "requester", "notes"]}),
         ("Gates", {"fields": ["gates_table", "gates_passed", "baseline", "override_reason"]}),
@@ -112,6 +112,84 @@ class ReleaseAdmin(admin.ModelAdmin):
     @admin.action(description="Reject selected releases (with a comment)")
     def reject(self, request: HttpRequest, queryset: QuerySet[Release]) -> HttpResponse | None:
         return self._decide(request, queryset, "reject")
+
+
+    def _each(self, request: HttpRequest, queryset: QuerySet[Release], verb: str, call: Any) -> None:
+        """Run one service per selected release; report each outcome (rules are the services')."""
+        for release in queryset:
+            try:
+                call(release)
+                self.message_user(request, f"Release {release.pk}: {verb}.")
+            except RegistryError as exc:
+                self.message_user(request, f"Release {release.pk}: {exc.message}", messages.ERROR)
+
+    @admin.action(description="Submit selected releases (evaluate gates)", permissions=["change"])
+    def submit(self, request: HttpRequest, queryset: QuerySet[Release]) -> None:
+        self._each(request, queryset, "submitted", lambda r: services.release_submit(release=r, actor=request.user))
+
+    @admin.action(description="Build the image of selected releases (retry)", permissions=["change"])
+    def build(self, request: HttpRequest, queryset: QuerySet[Release]) -> None:
+        self._each(request, queryset, "build queued",
+                   lambda r: services.release_build_request(release=r, actor=request.user))
+
+    @admin.action(description="Promote selected releases to their environment's endpoints", permissions=["change"])
+    def promote(self, request: HttpRequest, queryset: QuerySet[Release]) -> None:
+        self._each(request, queryset, "promotion queued",
+                   lambda r: promotion.release_promote_request(release=r, actor=request.user))
+
+    @admin.action(description="Promote selected releases as canary only", permissions=["change"])
+    def promote_canary(self, request: HttpRequest, queryset: QuerySet[Release]) -> None:
+        self._each(request, queryset, "canary promotion queued",
+                   lambda r: promotion.release_promote_request(release=r, actor=request.user, canary=True))
+
+    @admin.action(description="Complete selected canaries (move stable)", permissions=["change"])
+    def complete(self, request: HttpRequest, queryset: QuerySet[Release]) -> None:
+        self._each(request, queryset, "completed", lambda r: promotion.release_complete(release=r, actor=request.user))
+
+    @admin.action(description="Roll back selected releases", permissions=["change"])
+    def rollback(self, request: HttpRequest, queryset: QuerySet[Release]) -> None:
+        self._each(request, queryset, "rolled back", lambda r: promotion.release_rollback(release=r, actor=request.user))
+
+
+class PromotionInline(admin.TabularInline):
+    model = Promotion
+    fields = ["release", "canary", "state", "previous_version", "error", "created_at", "finished_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(admin.ModelAdmin):
+    list_display = ["name", "environment", "kind", "grpc_target", "reachable", "labels", "health_checked_at"]
+    list_filter = ["environment", "kind", "reachable"]
+    readonly_fields = ["reachable", "health_display", "health_error", "health_checked_at", "active_container_id",
+                       "previous_container_id"]
+    inlines = [PromotionInline]
+    actions = ["check_health"]
+
+    @admin.display(description="Labels")
+    def labels(self, endpoint: Endpoint) -> str:
+        return "; ".join(f"{m}: " + ", ".join(f"{k}→v{v}" for k, v in sorted(h.get("labels", {}).items()))
+                         for m, h in sorted(endpoint.health.items())) or "—"
+
+    @admin.display(description="What each label serves")
+    def health_display(self, endpoint: Endpoint) -> str:
+        rows = ((m, ", ".join(f"{k}→v{v}" for k, v in sorted(h.get("labels", {}).items())),
+                 ", ".join(f"v{v}: {st}" for v, st in sorted(h.get("versions", {}).items())))
+                for m, h in sorted(endpoint.health.items()))
+        return format_html("<table><tr><th>model</th><th>labels</th><th>versions</th></tr>{}</table>",
+                           format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", rows))
+
+    @admin.action(description="Check health now")
+    def check_health(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        for endpoint in queryset:
+            endpoint = promotion.check_endpoint_health(endpoint)
+            self.message_user(request, f"{endpoint.name}: {'reachable' if endpoint.reachable else 'DOWN'} "
+                                       f"{endpoint.health_error}")
 
 
 @admin.register(Environment)

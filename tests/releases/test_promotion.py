@@ -196,3 +196,27 @@ def test_endpoint_api_create_validates(api, ready):
     assert ok.status_code == 201, ok.content
     assert ok.json()["serving_profile"]["batching"]["max_batch_size"] == 32
     assert api.get("/api/v1/endpoints/").json()["count"] == 2
+
+
+@pytest.mark.django_db
+def test_admin_promote_and_rollback_actions_call_the_same_services(client, django_user_model, ready, immediate,
+                                                                   django_capture_on_commit_callbacks):
+    from django.contrib.auth.models import Permission
+
+    operator = django_user_model.objects.create_user("op", password="pw-op-12345", is_staff=True)
+    operator.user_permissions.add(*Permission.objects.filter(codename__in=["change_release", "view_release",
+                                                                           "view_endpoint"]))
+    client.force_login(operator)
+    release = ready["image_ready"](ready["v1"])
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/admin/releases/release/", {"action": "promote", "_selected_action": [release.pk]})
+    release.refresh_from_db()
+    assert release.state == "live" and stable_version(ready["server"], ready["model"].name) == 1
+    response = client.post("/admin/releases/release/", {"action": "rollback", "_selected_action": [release.pk]},
+                           follow=True)
+    assert "nothing_to_roll_back" in response.content.decode() or "no version to roll back" in \
+        response.content.decode()
+    release.refresh_from_db()
+    assert release.state == "live"  # a first release has nothing to roll back to: refused, unchanged
+    page = client.get(f"/admin/releases/endpoint/{ready['endpoint'].pk}/change/")
+    assert page.status_code == 200 and "stable→v1" in page.content.decode()
