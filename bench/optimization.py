@@ -603,9 +603,10 @@ def direct_steps(recipe: str, sm_dir: Path, data: Data, parent: Any, out_dir: Pa
     model = keras.models.load_model(str(sm_dir), compile=False)
     t["load model"] = time.perf_counter() - s
     s = time.perf_counter()
-    if recipe == "prune_int8":  # Prune defaults: 0.5 → 0.8 over 2 epochs, batch 32, Adam 1e-3
+    if recipe == "prune_int8":  # Prune defaults: 0.5 → 0.8, ~1000 steps (≥ 2 epochs), batch 32, Adam 1e-3
         sp = tfmot.sparsity.keras
-        epochs, batch = 2, 32
+        batch = 32
+        epochs = max(2, math.ceil(1000 / math.ceil(len(data.train.x) / batch)))
         total = epochs * math.ceil(len(data.train.x) / batch)
         freq = max(1, min(100, total // 10))
         end = max(freq, (total // freq) * freq)
@@ -623,6 +624,7 @@ def direct_steps(recipe: str, sm_dir: Path, data: Data, parent: Any, out_dir: Pa
     calib = data.calibration.x[:300].astype("float32")
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True  # ptq_int8 default
     converter.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     flat = converter.convert()
