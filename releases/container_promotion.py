@@ -52,8 +52,24 @@ def _mounts(profile: dict[str, Any]) -> list[Any]:
                                read_only=bool(m.get("read_only", True))) for m in profile.get("mounts", [])]
 
 
+def endpoint_lock(endpoint: Endpoint) -> Any:
+    """One promotion at a time per docker endpoint (model repositories lock their own directory)."""
+    from pathlib import Path
+
+    from releases.promotion_engine import file_lock
+
+    locks = Path(settings.VAR_DIR) / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return file_lock(locks / f"endpoint-{endpoint.name}.lock", timeout_s=settings.PROMOTION_DEADLINE)
+
+
 def promote(release: Release, promotion: Promotion, samples: dict[str, Any], on_step: Any) -> int | None:
-    endpoint = promotion.endpoint
+    with endpoint_lock(promotion.endpoint):
+        return _promote(release, promotion, samples, on_step)
+
+
+def _promote(release: Release, promotion: Promotion, samples: dict[str, Any], on_step: Any) -> int | None:
+    endpoint = Endpoint.objects.get(pk=promotion.endpoint_id)  # fresh: the previous holder moved it
     if not release.image_digest:
         raise RegistryError(f"Endpoint {endpoint.name} runs containers: release {release.pk} needs its image "
                             "built first.", code="no_image")
@@ -78,6 +94,11 @@ def promote(release: Release, promotion: Promotion, samples: dict[str, Any], on_
 
 
 def rollback(promotion: Promotion) -> None:
+    with endpoint_lock(promotion.endpoint):
+        _rollback(promotion)
+
+
+def _rollback(promotion: Promotion) -> None:
     endpoint = Endpoint.objects.get(pk=promotion.endpoint_id)
     client = docker_client(endpoint)
     target = containers.rollback_container(client, endpoint_name=endpoint.name,

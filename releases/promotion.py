@@ -163,12 +163,14 @@ def release_promote_run(*, release_id: int) -> None:
             continue  # another worker took it
         try:
             _promote_one(release, promotion)
-        except (TFServingError, RegistryError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `promoting`
+            if not isinstance(exc, (TFServingError, RegistryError, OSError)):
+                log.exception("promotion of release %s to %s failed", release.pk, promotion.endpoint.name)
             step = getattr(exc, "step", "prepare")
-            reason = getattr(exc, "message", None) or str(exc)
+            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             _finish(promotion, P.FAILED, error=f"{step}: {reason}")
             release_fail(release, step=f"promote:{promotion.endpoint.name}:{step}", reason=reason,
-                         retryable=not isinstance(exc, RegistryError), allowed_from=[S.PROMOTING])
+                         retryable=isinstance(exc, (TFServingError, OSError)), allowed_from=[S.PROMOTING])
             check_endpoint_health(promotion.endpoint)
             return
         check_endpoint_health(promotion.endpoint)

@@ -224,39 +224,42 @@ class RepositoryEndpoint:
     def model_dir(self, model_name: str) -> Path:
         return self.base_dir / _check_model_name(model_name)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive lock on `<base>/.modelyard.lock` (flock: works across threads and processes).
 
         Not re-entrant: a thread holding it must not ask again.
         """
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.base_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if self.lock_timeout_s is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                deadline = time.monotonic() + self.lock_timeout_s
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except OSError as exc:
-                        if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                            raise
-                        if time.monotonic() >= deadline:
-                            raise ServingTimeout(
-                                f"Another promotion still holds {self.base_dir / LOCK_NAME} "
-                                f"after {self.lock_timeout_s:g} s") from None
-                        time.sleep(0.05)
-            yield
-        finally:
-            os.close(fd)  # releases the flock
+        return file_lock(self.base_dir / LOCK_NAME, self.lock_timeout_s)
 
     def apply(self, config: ModelServerConfig, timeout: float | None = None) -> None:
         """Write models.config atomically, then send the same config with HandleReloadConfigRequest."""
         write_config_atomically(self.config_path, config)
         self.client.reload_config(config, timeout=timeout)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout_s: float | None = None) -> Iterator[None]:
+    """An exclusive flock on ``path``: one promotion per endpoint, across threads and processes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if timeout_s is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise ServingTimeout(f"Another promotion still holds {path} after {timeout_s:g} s") from None
+                    time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _check_model_name(name: str) -> str:

@@ -135,3 +135,15 @@ def upload(api, name: str, path: Path, **fields):  # type: ignore[no-untyped-def
 
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(autouse=True)
+def _default_environments(request):  # type: ignore[no-untyped-def]
+    """Migration 0002 creates staging and production; transactional tests flush them, so put
+    them back for every database test."""
+    if request.node.get_closest_marker("django_db") is None:
+        return
+    request.getfixturevalue("_django_db_helper")
+    from releases.environments import ensure_default_environments
+
+    ensure_default_environments()
