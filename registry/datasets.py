@@ -35,6 +35,7 @@ def read_npz(path: Path, limits: Limits | None = None) -> dict[str, np.ndarray]:
     extra = names - ALLOWED_ARRAYS
     if extra:
         raise DatasetMismatch(f"The .npz may only contain arrays 'x' and 'y'; unexpected: {sorted(extra)}.")
+    _check_declared_sizes(path, limits)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in sorted(names)}
@@ -53,6 +54,31 @@ def read_npz(path: Path, limits: Limits | None = None) -> dict[str, np.ndarray]:
     if not_npy:
         raise CorruptArtifact(f"The dataset .npz is corrupt: {not_npy} are not .npy arrays. Save it with np.savez.")
     return arrays
+
+
+def _check_declared_sizes(path: Path, limits: Limits) -> None:
+    """Zip headers can lie about sizes; the .npy header inside each member says how much memory
+    numpy will allocate. Read just those headers and refuse arrays over the limit before loading."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as member:
+                    try:
+                        version = np.lib.format.read_magic(member)
+                    except ValueError:
+                        continue  # not an .npy: reported after loading, with the other damage
+                    reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                              (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if reader is None:
+                        continue
+                    shape, _fortran, dtype = reader(member)
+                    total += int(np.prod(shape, dtype=np.float64)) * max(dtype.itemsize, 1)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError):
+        return  # damaged: np.load below reports it as corrupt
+    if total > limits.max_unpacked_bytes:
+        raise UnsafeArchive(f"The dataset's arrays declare {total} bytes, over the {limits.max_unpacked_bytes} "
+                            "limit (MODELYARD_MAX_UNPACKED_BYTES); refused before loading.")
 
 
 def describe(arrays: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -167,3 +167,31 @@ def test_readonly_user_can_list_datasets(api, readonly_api, versions, tmp_path):
 
     assert response.status_code == 200
     assert response.json()["count"] == 1
+
+
+@pytest.mark.django_db
+def test_dataset_whose_npy_header_declares_a_huge_array_is_refused_before_loading(api, registered, artifacts,
+                                                                                   tmp_path, storage_root):
+    """The zip's own size fields are honest and small; the .npy header inside claims 8 TB."""
+    import io
+    import zipfile
+
+    from registry import services
+    from registry.models import Dataset
+    from registry.uploads import StagedFile
+    from tests.conftest import files_under
+
+    services.version_create(model=registered, staged=StagedFile.from_path(artifacts["tflite"]),
+                            actor=registered.owner)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1_000_000_000_000, 8)})
+    path = tmp_path / "liar.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", header.getvalue() + b"\0" * 64)
+    with open(path, "rb") as fh:
+        response = api.post("/api/v1/models/digits/datasets/", {"file": fh, "role": "eval"}, format="multipart")
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "unsafe_archive"
+    assert "declare" in response.json()["error"]["message"]
+    assert not Dataset.objects.exists() and files_under(storage_root / "tmp") == []
