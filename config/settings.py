@@ -131,6 +131,10 @@ MAX_ARTIFACT_BYTES = env_int("MODELYARD_MAX_ARTIFACT_BYTES", 2 * 1024**3, minimu
 MAX_UNPACKED_BYTES = env_int("MODELYARD_MAX_UNPACKED_BYTES", 8 * 1024**3, minimum=1)
 MAX_COMPRESSION_RATIO = env_int("MODELYARD_MAX_COMPRESSION_RATIO", 200, minimum=1)
 MAX_ARCHIVE_MEMBERS = env_int("MODELYARD_MAX_ARCHIVE_MEMBERS", 10_000, minimum=1)
+# Artifacts at least this large are inspected (unpacked and loaded) in a short-lived subprocess,
+# so a web worker never keeps a big model's weights (registry/inspect_worker.py).
+INSPECT_IN_SUBPROCESS_BYTES = env_int("MODELYARD_INSPECT_IN_SUBPROCESS_BYTES", 64 * 1024 * 1024, minimum=0)
+INSPECT_TIMEOUT = env_int("MODELYARD_INSPECT_TIMEOUT", 900, minimum=1)
 
 # --- REST API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {

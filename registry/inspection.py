@@ -9,6 +9,8 @@ import gc
 import json
 import lzma
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -71,6 +73,8 @@ def private_workdir() -> Iterator[Path]:
 
 
 def inspect_artifact(path: Path, filename: str) -> Inspection:
+    if path.stat().st_size >= settings.INSPECT_IN_SUBPROCESS_BYTES:
+        return _inspect_in_subprocess(path, filename)
     try:
         return _inspect(path, filename)
     finally:
@@ -80,6 +84,27 @@ def inspect_artifact(path: Path, filename: str) -> Inspection:
         # collection costs 0.3-0.6 s in a busy worker, so only large artifacts pay for it.
         if path.stat().st_size >= GC_AFTER_BYTES:
             gc.collect()
+
+
+def _inspect_in_subprocess(path: Path, filename: str) -> Inspection:
+    """Large artifacts: inspect in a short-lived process (see registry/inspect_worker.py)."""
+    from registry import errors
+
+    request = {"path": str(path), "filename": filename, "settings": {
+        "FILE_UPLOAD_TEMP_DIR": settings.FILE_UPLOAD_TEMP_DIR, "MAX_UNPACKED_BYTES": settings.MAX_UNPACKED_BYTES,
+        "MAX_COMPRESSION_RATIO": settings.MAX_COMPRESSION_RATIO, "MAX_ARCHIVE_MEMBERS": settings.MAX_ARCHIVE_MEMBERS}}
+    done = subprocess.run([sys.executable, "-m", "registry.inspect_worker"], input=json.dumps(request),
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+                          timeout=settings.INSPECT_TIMEOUT)
+    try:
+        reply = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise InvalidModel(f"Inspecting the model crashed the inspector: {tail[0][:300]}") from None
+    if "error" in reply:
+        cls = getattr(errors, reply["error"]["class"], errors.RegistryError)
+        raise cls(reply["error"]["message"], code=reply["error"]["code"])
+    return Inspection(**reply["inspection"])
 
 
 def _inspect(path: Path, filename: str) -> Inspection:

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.db import connection
 
-from registry import services
+from registry import inspection, services
 from registry.blobstore import artifact_store
 from registry.models import AuditEvent, ImmutableVersionError, ModelVersion
 from tests.conftest import files_under, upload
@@ -159,3 +159,36 @@ def test_version_list_is_paginated_newest_first(api, registered, artifacts):
     page = api.get("/api/v1/models/digits/versions/?page_size=2").json()
     assert page["count"] == 3 and [v["version"] for v in page["results"]] == [3, 2]
     assert [v["version"] for v in api.get(page["next"]).json()["results"]] == [1]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind, status, needle", [
+    ("zip", 201, None), ("tflite", 201, None), ("lambda_h5", 422, "Lambda"),
+])
+def test_large_artifacts_are_inspected_in_a_subprocess_with_the_same_outcome(
+        api, registered, artifacts, settings, storage_root, kind, status, needle):
+    settings.INSPECT_IN_SUBPROCESS_BYTES = 0  # every artifact counts as large here
+    response = upload(api, "digits", artifacts[kind])
+    assert response.status_code == status, response.content
+    if status == 201:
+        in_process = inspection._inspect(artifacts[kind], artifacts[kind].name)
+        assert response.json()["signature"] == in_process.signature
+        assert response.json()["format"] == in_process.format
+    else:
+        assert response.json()["error"]["code"] == "invalid_model" and needle in response.json()["error"]["message"]
+        assert not ModelVersion.objects.exists()
+    assert files_under(storage_root / "tmp") == []
+
+
+@pytest.mark.django_db
+def test_unsafe_archive_is_refused_the_same_way_in_the_subprocess(api, registered, settings, storage_root, tmp_path):
+    import zipfile
+
+    settings.INSPECT_IN_SUBPROCESS_BYTES = 0
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../../escape.txt", "x")
+    response = upload(api, "digits", evil)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "unsafe_archive"
+    assert not (tmp_path.parent / "escape.txt").exists()
+    assert files_under(storage_root / "tmp") == []
