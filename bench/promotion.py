@@ -45,9 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +56,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from releases import promotion_engine as engine  # noqa: E402
 from releases.tfserving import TFServingClient  # noqa: E402
+from tests.releases.traffic import Traffic  # noqa: E402
 
 MODEL = "bench"
 FEATURES = 32
@@ -102,60 +101,9 @@ def in_process_load_s(path: Path) -> float:
 
 # --- traffic -------------------------------------------------------------------------------------
 
-@dataclass
-class Traffic:
-    """A thread sending Predict to label `stable` of the active target, back to back."""
-
-    target: str
-    label: str | None = "stable"
-    pause_s: float = 0.002
-    log: list[tuple[float, int | None, str]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._clients: dict[str, TFServingClient] = {}
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def switch(self, target: str) -> None:
-        self.target = target
-
-    def _client(self, target: str) -> TFServingClient:
-        if target not in self._clients:
-            self._clients[target] = TFServingClient(target, timeout=5)
-        return self._clients[target]
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sent = time.monotonic()
-            try:
-                _, version = self._client(self.target).predict(MODEL, {"x": X}, label=self.label)
-                self.log.append((sent, version, ""))
-            except Exception as exc:
-                self.log.append((sent, None, f"{type(exc).__name__}: {exc}"))
-            time.sleep(self.pause_s)
-
-    def start(self) -> "Traffic":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        for client in self._clients.values():
-            client.close()
-
-    def first_seen(self, version: int, after: float, timeout: float = 30.0) -> float:
-        """Monotonic send time of the first answer from `version` sent after `after`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            hits = [sent for sent, served, _ in list(self.log) if sent >= after and served == version]
-            if hits:
-                return hits[0]
-            time.sleep(0.005)
-        raise TimeoutError(f"the client never got an answer from version {version}")
-
-    def failures(self) -> list[str]:
-        return [error for _, served, error in self.log if served is None]
+def steady_traffic(target: str) -> Traffic:
+    """Predict to label `stable` of the active target, back to back (2 ms pauses)."""
+    return Traffic(target, MODEL, X, pause_s=0.002)
 
 
 # --- reporting -----------------------------------------------------------------------------------
@@ -225,7 +173,7 @@ def bench_repository(rounds: int, work: Path) -> bool:
         endpoint = engine.RepositoryEndpoint(base, config, client)
         engine.promote(endpoint, model_name=MODEL, version=1, saved_model_src=paths[0],
                        samples=samples[0], deadline_s=60)
-        traffic = Traffic(client.grpc_target).start()
+        traffic = steady_traffic(client.grpc_target).start()
         time.sleep(0.5)
         rows: dict[str, list[float]] = {k: [] for k in (
             "promote (call -> client sees new version)", "promote() returned", "load (stage -> available)",
@@ -304,7 +252,7 @@ def bench_docker(rounds: int, work: Path) -> bool:
         first = containers.promote_container(client, version=1, image_ref=refs[0], samples=samples[0],
                                              **common)
         active = first
-        traffic = Traffic(active.grpc_target).start()
+        traffic = steady_traffic(active.grpc_target).start()
         time.sleep(0.5)
         rows: dict[str, list[float]] = {k: [] for k in (
             "promote (call -> client sees new version)", "load (start -> available)",

@@ -25,19 +25,16 @@ import io
 import os
 import sys
 import tarfile
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from releases import containers, images
-from releases.tfserving import TFServingClient
 from tests.releases.serving_fixtures import Models, tiny_models  # noqa: F401 - fixture
+from tests.releases.traffic import Traffic  # noqa: F401 - re-exported for the container tests
 
 __all__ = ["docker_client", "harness_base", "release_image", "endpoint_name", "tiny_models",
            "harness_mounts", "Traffic", "HARNESS_SERVING_DIR", "RUN_ID"]
@@ -167,38 +164,3 @@ def endpoint_name(docker_client: Any) -> Iterator[str]:
             pass
 
 
-class Traffic:
-    """A thread sending Predict to `label` on a target every ~5 ms; log of (version | None, error)."""
-
-    def __init__(self, grpc_target: str, model: str, x: np.ndarray, label: str = "stable") -> None:
-        self.client = TFServingClient(grpc_target, timeout=5)
-        self.model, self.x, self.label = model, x, label
-        self.log: list[tuple[int | None, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                _, version = self.client.predict(self.model, {"x": self.x}, label=self.label)
-                self.log.append((version, ""))
-            except Exception as exc:
-                self.log.append((None, str(exc)))
-            time.sleep(0.005)
-
-    def __enter__(self) -> "Traffic":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.client.close()
-
-    @property
-    def failures(self) -> list[str]:
-        return [error for version, error in self.log if version is None]
-
-    @property
-    def versions(self) -> set[int | None]:
-        return {version for version, _ in self.log}

@@ -153,7 +153,7 @@ def test_second_promotion_runs_beside_the_first_which_keeps_answering_until_the_
     state["v2"] = result
     assert both_running
     assert steps == ["check", "start", "available", "validate", "done"]
-    assert len(traffic.log) > 20 and traffic.failures == [] and traffic.versions == {1}
+    assert len(traffic.log) > 20 and traffic.failures() == [] and traffic.versions() == {1}
     assert result.previous_container_id == v1.new_container_id
     assert result.grpc_target != v1.grpc_target
 
@@ -201,7 +201,7 @@ def test_wrong_answers_remove_the_new_container_and_leave_the_old_one_serving(
     assert error.removed_container_id and not running(docker_client, error.removed_container_id)
     old.reload()
     assert old.status == "running" and old.attrs["State"]["StartedAt"] == before
-    assert traffic.failures == [] and traffic.versions == {2}
+    assert traffic.failures() == [] and traffic.versions() == {2}
     assert running(docker_client, state["v1"].new_container_id)
 
 

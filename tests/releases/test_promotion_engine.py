@@ -20,6 +20,7 @@ from releases.tfserving import (
     VersionNotLoaded, WrongAnswers)
 from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
 from tests.releases.serving_fixtures import LiveServer, Models, free_port
+from tests.releases.traffic import Traffic
 
 TOLERANCE = (1e-5, 1e-6)
 HAPPY_STEPS = ["lock", "check", "stage", "load", "available", "canary", "validate", "promote", "done"]
@@ -58,43 +59,6 @@ def assert_config_consistent(server: LiveServer, model: str) -> None:
     for label, version in entry.version_labels.items():
         assert version in versions, (label, version, versions)
         assert status[version][0] == "AVAILABLE", (label, version, status)
-
-
-class Traffic:
-    """A thread sending Predict to label `stable` every ~5 ms; records (sent at, version, error)."""
-
-    def __init__(self, server: LiveServer, model: str, x: np.ndarray) -> None:
-        self.client = TFServingClient(server.client.grpc_target, timeout=5)
-        self.model, self.x = model, x
-        self.log: list[tuple[float, int | None, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sent = time.monotonic()
-            try:
-                _, version = self.client.predict(self.model, {"x": self.x}, label="stable")
-                self.log.append((sent, version, ""))
-            except Exception as exc:
-                self.log.append((sent, None, str(exc)))
-            time.sleep(0.005)
-
-    def __enter__(self) -> "Traffic":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.client.close()
-
-    @property
-    def failures(self) -> list[tuple[float, int | None, str]]:
-        return [entry for entry in self.log if entry[2]]
-
-    def versions(self, since: float = 0.0) -> set[int | None]:
-        return {v for sent, v, _ in self.log if sent >= since}
 
 
 # --- staging, no server --------------------------------------------------------------------------
@@ -240,10 +204,10 @@ def test_corrupt_savedmodel_fails_and_restores(model_server: LiveServer, tiny_mo
     steps: list[str] = []
 
     x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
-    with Traffic(model_server, model_name, x) as traffic, pytest.raises(PromotionFailed) as info:
+    with Traffic(model_server.client.grpc_target, model_name, x) as traffic, pytest.raises(PromotionFailed) as info:
         promote(model_server, tiny_models, model_name, 2, "corrupt", samples_of="a",
                 on_step=lambda s, m: steps.append(s))
-    assert traffic.log and not traffic.failures and traffic.versions() == {1}
+    assert traffic.log and not traffic.failures() and traffic.versions() == {1}
 
     error = info.value
     assert error.step == "available" and isinstance(error.reason, LoadFailed), error
@@ -274,9 +238,9 @@ def test_wrong_answers_fail_validation_and_restore(model_server: LiveServer, tin
 
     # Model b has a's signature but other weights; the recorded answers are a's.
     x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
-    with Traffic(model_server, model_name, x) as traffic, pytest.raises(PromotionFailed) as info:
+    with Traffic(model_server.client.grpc_target, model_name, x) as traffic, pytest.raises(PromotionFailed) as info:
         promote(model_server, tiny_models, model_name, 2, "b", samples_of="a")
-    assert traffic.log and not traffic.failures and traffic.versions() == {1}
+    assert traffic.log and not traffic.failures() and traffic.versions() == {1}
 
     error = info.value
     assert error.step == "validate" and isinstance(error.reason, WrongAnswers), error
@@ -363,7 +327,7 @@ def test_promotion_under_traffic_drops_no_request(model_server: LiveServer, tiny
     promote(model_server, tiny_models, model_name, 1, "a")
     x = np.asarray(tiny_models.samples["a"]["inputs"], np.float32)
     windows: list[tuple[int, float, float]] = []  # (new version, promotion began, promote() returned)
-    with Traffic(model_server, model_name, x) as traffic:
+    with Traffic(model_server.client.grpc_target, model_name, x) as traffic:
         time.sleep(0.3)
         for version, source in ((2, "b"), (3, "c"), (4, "a")):
             began = time.monotonic()
@@ -373,11 +337,11 @@ def test_promotion_under_traffic_drops_no_request(model_server: LiveServer, tiny
     log = traffic.log
     during = sum(1 for sent, _, _ in log if any(b <= sent < r for _, b, r in windows))
     counts = {v: sum(1 for e in log if e[1] == v) for v in sorted(traffic.versions())}
-    print(f"\ntraffic during 3 promotions: {len(log)} requests, {len(traffic.failures)} failed, "
+    print(f"\ntraffic during 3 promotions: {len(log)} requests, {len(traffic.failures())} failed, "
           f"served by version {counts}, {during} sent while a promotion was running "
           f"({sum(r - b for _, b, r in windows):.3f} s in all)")
 
-    assert not traffic.failures, traffic.failures[:3]
+    assert not traffic.failures(), traffic.failures()[:3]
     assert traffic.versions() == {1, 2, 3, 4}
     ends = [b for _, b, _ in windows[1:]] + [float("inf")]
     for (new, began, returned), next_began in zip(windows, ends):
