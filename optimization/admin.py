@@ -11,6 +11,7 @@ from django.utils.html import format_html
 
 from optimization import services
 from optimization.models import OptimizationJob, VersionMetrics
+from registry.admin import ReadOnlyAdmin
 from registry.errors import RegistryError
 
 
@@ -66,12 +67,9 @@ class OptimizationJobAdmin(admin.ModelAdmin):
 
 
 @admin.register(VersionMetrics)
-class VersionMetricsAdmin(admin.ModelAdmin):
+class VersionMetricsAdmin(ReadOnlyAdmin):
     list_display = ["version", "eval_dataset", "reference", "accuracy", "gzipped", "created_at"]
     list_select_related = ["version__model", "eval_dataset", "reference__model"]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return ["version", "eval_dataset", "reference", "metrics", "samples", "outputs_sha256", "created_at"]
 
     @admin.display(description="Accuracy")
     def accuracy(self, m: VersionMetrics) -> Any:
@@ -80,12 +78,3 @@ class VersionMetricsAdmin(admin.ModelAdmin):
     @admin.display(description="Gzipped bytes")
     def gzipped(self, m: VersionMetrics) -> Any:
         return m.metrics.get("gzipped_bytes")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -303,15 +303,11 @@ class DatasetAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
 # --- Audit (read-only) -----------------------------------------------------------------------
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "actor", "action", "object_repr", "model", "version"]
-    list_filter = ["action", "object_type", "model"]
-    search_fields = ["object_repr", "comment", "object_id"]
-    list_select_related = ["actor", "model", "version__model"]
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records written only by services (audit events, measurements): viewable, never editable."""
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [f.name for f in AuditEvent._meta.fields]
+        return [f.name for f in self.model._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -321,6 +317,14 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "actor", "action", "object_repr", "model", "version"]
+    list_filter = ["action", "object_type", "model"]
+    search_fields = ["object_repr", "comment", "object_id"]
+    list_select_related = ["actor", "model", "version__model"]
 
 
 admin.site.register(Tag)
