@@ -27,9 +27,19 @@ run: migrate
 	$(PY) manage.py seed_demo
 	bin/run
 
+# The registry's concurrency, audit-trigger and worker guarantees run again on PostgreSQL
+# (the scale-out database). .ci/run installs it; bin/test-services starts it.
+PG_URL ?= postgres:///modelyard?host=/var/run/postgresql
+PG_TESTS := tests/registry/test_versions_api.py tests/registry/test_models_aliases_api.py \
+	tests/releases/test_release_flow.py tests/optimization/test_worker.py
+
 test: venv
 	bin/test-services
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	@if psql -d modelyard -tAc 'select 1' >/dev/null 2>&1; then \
+	  echo "== again on PostgreSQL: $(PG_TESTS)"; \
+	  DATABASE_URL='$(PG_URL)' $(PY) -m pytest -p no:cacheprovider -q $(PG_TESTS); \
+	else echo "!! PostgreSQL is not running: the PostgreSQL pass was NOT run (.ci/run installs it)"; fi
 
 bench: venv
 	$(PY) bench/upload.py

@@ -21,12 +21,26 @@ ROOT = Path(__file__).resolve().parents[2]
 LONG_PRUNE = {"technique": "prune", "params": {"epochs": 300, "sparsity": 0.5}}
 
 
+def database_env() -> dict[str, str]:
+    """Point the worker process at the test database this test run uses (SQLite file or PostgreSQL)."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return {"MODELYARD_SQLITE_PATH": str(db["NAME"])}
+    from urllib.parse import quote
+
+    auth = f"{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@" if db.get("USER") else ""
+    host = db.get("HOST") or ""
+    netloc = f"{auth}{host}:{db['PORT']}" if host and not host.startswith("/") and db.get("PORT") else auth + (
+        "" if host.startswith("/") else host)
+    query = f"?host={quote(host)}" if host.startswith("/") else ""
+    return {"DATABASE_URL": f"postgres://{netloc}/{db['NAME']}{query}"}
+
+
 @pytest.fixture
 def worker(storage_root, tmp_path):  # type: ignore[no-untyped-def]
     """Start a real task worker on the test database; yields the Popen."""
-    env = {**os.environ, "MODELYARD_SQLITE_PATH": str(connection.settings_dict["NAME"]),
-           "MODELYARD_STORAGE_ROOT": str(storage_root), "MODELYARD_JOB_HEARTBEAT_TIMEOUT": "3",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, **database_env(), "MODELYARD_STORAGE_ROOT": str(storage_root),
+           "MODELYARD_JOB_HEARTBEAT_TIMEOUT": "3", "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = open(tmp_path / "worker.log", "wb")
     proc = subprocess.Popen([sys.executable, "manage.py", "db_worker", "--queue-name", "default", "--interval",
                              "0.2", "--no-startup-delay", "--no-reload"], cwd=ROOT, env=env, stdout=log,
