@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -238,7 +238,7 @@ def report(results: Results, runs: int, payload_mib: int) -> bool:
         reused = ("-" if scenario.startswith("cold")
                   else f"{my[0].layers_reused}/{my[0].layers_total} / {dk[0].layers_reused}/{dk[0].layers_total}")
         print(f"{scenario:<22} {my_s:>11.2f} {dk_s:>14.2f} {ratio:>6.2f}  {hits:>18}  {reused:>31}")
-    print(f"\nlayers: [base, model, config]; steps after FROM: ENV, COPY model, COPY config, CMD, LABEL")
+    print("\nlayers: [base, model, config]; steps after FROM: ENV, COPY model, COPY config, CMD, LABEL")
     print(f"target ratio ≤ {TARGET_RATIO}: {'met' if ok else 'NOT met'}")
     return ok
 

@@ -310,13 +310,13 @@ def environment() -> dict[str, Any]:
 
 def measure(*, artifact_path: Path, model_dir_or_file: Path, fmt: str, task: str, eval_x: Any, eval_y: Any,
             parent: ParentReference | None, clusters: int | None = None,
-            latency_runs: int = 50) -> tuple[dict[str, Any], np.ndarray]:
+            latency_runs: int = 50, predictor: Predictor | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Measure one model on the eval set. Returns ``(metrics, outputs)``; see the module docstring."""
     artifact_path, model_dir_or_file = Path(artifact_path), Path(model_dir_or_file)
     eval_x = np.asarray(eval_x)
     if eval_x.ndim < 1 or len(eval_x) == 0:
         raise ValueError("measure needs a non-empty eval set")
-    predictor = load_predictor(model_dir_or_file, fmt)
+    predictor = predictor or load_predictor(model_dir_or_file, fmt)  # callers that also need samples pass theirs
     outputs = np.asarray(predictor.predict(eval_x), dtype=np.float32)
     if parent is not None and parent.outputs.shape != outputs.shape:
         raise ValueError(f"Parent outputs have shape {parent.outputs.shape} but this model's are {outputs.shape}; "

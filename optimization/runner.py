@@ -10,6 +10,7 @@ import logging
 import shutil
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ from registry.errors import RegistryError
 from registry.models import Dataset, ModelVersion
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Measured:
+    """A variant ready to register: its artifact, metrics, raw eval outputs and sample I/O."""
+
+    artifact: Path
+    metrics: dict[str, Any]
+    outputs: np.ndarray
+    samples: dict[str, Any]
 
 
 class JobRunner:
@@ -68,10 +79,9 @@ class JobRunner:
         handle = self._run_steps(steps, source_path, data, start=5, end=75)
         artifact, model_path, fmt = self._export(handle, self.workdir / "variant")
         self.progress(80, "measuring variant", "Measuring the variant on the eval dataset")
-        metrics, outputs = self._measure(artifact, model_path, fmt, data["eval"], parent, handle)
-        metrics["notes"] = handle.notes
-        self._register(artifact, model_path, fmt, metrics, outputs, candidates=[],
-                       message=f"Registered {job.recipe_label} variant ({_summary(metrics)}).")
+        measured = self._measure(artifact, model_path, fmt, data["eval"], parent, handle)
+        self._register(measured, candidates=[],
+                       message=f"Registered {job.recipe_label} variant ({_summary(measured.metrics)}).")
 
     # -- stages -----------------------------------------------------------------------------
 
@@ -150,27 +160,27 @@ class JobRunner:
         return artifact, artifact, fmt
 
     def _measure(self, artifact: Path, model_path: Path, fmt: str, eval_arrays: Arrays | None,
-                 parent: harness.ParentReference, handle: ModelHandle) -> tuple[dict[str, Any], np.ndarray]:
+                 parent: harness.ParentReference, handle: ModelHandle) -> Measured:
+        """Metrics, raw outputs and sample I/O of a variant, from one loaded predictor."""
         assert eval_arrays is not None
         self.stage = "measuring"
-        return harness.measure(artifact_path=artifact, model_dir_or_file=model_path, fmt=fmt,
-                               task=self.job.source.model.task, eval_x=eval_arrays.x, eval_y=eval_arrays.y,
-                               parent=parent, clusters=handle.extra.get("clusters"),
-                               latency_runs=self.latency_runs)
+        predictor = load_predictor(model_path, fmt)
+        metrics, outputs = harness.measure(
+            artifact_path=artifact, model_dir_or_file=model_path, fmt=fmt, task=self.job.source.model.task,
+            eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=parent, clusters=handle.extra.get("clusters"),
+            latency_runs=self.latency_runs, predictor=predictor)
+        metrics["notes"] = handle.notes
+        return Measured(artifact, metrics, outputs, harness.sample_io(predictor, eval_arrays.x))
 
-    def _register(self, artifact: Path | None, model_path: Path | None, fmt: str | None,
-                  metrics: dict[str, Any] | None, outputs: np.ndarray | None, *, candidates: list[dict[str, Any]],
-                  message: str) -> None:
+    def _register(self, measured: Measured | None, *, candidates: list[dict[str, Any]], message: str) -> None:
         self.progress(95, "registering", "Registering the variant")
-        samples: dict[str, Any] = {}
         blob = None
-        if artifact is not None and model_path is not None and fmt is not None and outputs is not None:
-            eval_arrays = registry.dataset_arrays(self.job.eval_dataset)
-            samples = harness.sample_io(load_predictor(model_path, fmt), eval_arrays["x"])
+        if measured is not None:
             blob = self.workdir / "variant-outputs.npz"
-            harness.parent_reference(metrics or {}, outputs).save(blob)
-        variant = services.job_finish_succeeded(self.job, artifact=artifact, metrics=metrics, samples=samples,
-                                                outputs_blob=blob, candidates=candidates, message=message)
+            harness.parent_reference(measured.metrics, measured.outputs).save(blob)
+        variant = services.job_finish_succeeded(
+            self.job, artifact=measured.artifact if measured else None, metrics=measured.metrics if measured else None,
+            samples=measured.samples if measured else {}, outputs_blob=blob, candidates=candidates, message=message)
         self.log(message + (f" Variant: v{variant.number}." if variant else ""))
 
     # -- auto-compression ---------------------------------------------------------------------
@@ -184,7 +194,7 @@ class JobRunner:
         self.log(f"auto: {len(chosen)} candidates, budget {budget.describe()}; parent "
                  f"{_summary(parent.metrics)}")
         results: list[dict[str, Any]] = []
-        kept: dict[int, tuple[Path, Path, str, dict[str, Any], np.ndarray]] = {}
+        kept: dict[int, Measured] = {}
         span = 90 / max(len(chosen), 1)
         for index, cand in enumerate(chosen):
             start = 5 + index * span
@@ -194,11 +204,10 @@ class JobRunner:
                                          start + span * 0.8)
                 artifact, model_path, fmt = self._export(handle, self.workdir / f"candidate-{index}")
                 self.progress(start + span * 0.85, f"measuring {cand['label']}", "")
-                metrics, outputs = self._measure(artifact, model_path, fmt, data["eval"], parent, handle)
-                metrics["notes"] = handle.notes
-                entry["metrics"] = metrics
-                kept[index] = (artifact, model_path, fmt, metrics, outputs)
-                self.log(f"candidate {cand['label']}: {_summary(metrics)}")
+                kept[index] = self._measure(artifact, model_path, fmt, data["eval"], parent, handle)
+                # The definitions are stored once, on the registered variant's metrics.
+                entry["metrics"] = {k: v for k, v in kept[index].metrics.items() if k != "definitions"}
+                self.log(f"candidate {cand['label']}: {_summary(entry['metrics'])}")
             except Cancelled:
                 raise
             except (PassError, ValueError, RegistryError) as exc:
@@ -206,17 +215,15 @@ class JobRunner:
                 self.log(f"candidate {cand['label']} failed: {entry['error']}")
             results.append(entry)
         winner = budget_mod.choose(budget, parent.metrics, results)
-        for entry in results:
-            entry.get("metrics", {}).pop("definitions", None)  # kept once, on the variant's metrics
         if winner is None:
-            self._register(None, None, None, None, None, candidates=results,
+            self._register(None, candidates=results,
                            message=f"No candidate stayed within the budget ({budget.describe()}); nothing was "
                                    "registered. See the candidates for each one's numbers.")
             return
-        artifact, model_path, fmt, metrics, outputs = kept[winner]
-        metrics["auto"] = {"budget": budget.describe(), "winner": results[winner]["label"]}
-        self._register(artifact, model_path, fmt, metrics, outputs, candidates=results,
-                       message=f"auto: {results[winner]['label']} won ({_summary(metrics)}).")
+        measured = kept[winner]
+        measured.metrics["auto"] = {"budget": budget.describe(), "winner": results[winner]["label"]}
+        self._register(measured, candidates=results,
+                       message=f"auto: {results[winner]['label']} won ({_summary(measured.metrics)}).")
 
     # -- reporting ------------------------------------------------------------------------------
 
@@ -237,13 +244,14 @@ def measure_version(version: ModelVersion, eval_dataset: Dataset, *, model_path:
     stored = VersionMetrics.objects.filter(version=version, eval_dataset=eval_dataset).first()
     if stored and stored.outputs_sha256:
         return harness.ParentReference.load(registry.artifact_store().verify(stored.outputs_sha256))
+    predictor = load_predictor(model_path, version.format)
     metrics, outputs = harness.measure(
         artifact_path=artifact_path, model_dir_or_file=model_path, fmt=version.format, task=version.model.task,
-        eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=None, latency_runs=latency_runs)
+        eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=None, latency_runs=latency_runs, predictor=predictor)
     reference = harness.parent_reference(metrics, outputs)
     blob = workdir / f"reference-{version.pk}.npz"
     reference.save(blob)
-    samples = harness.sample_io(load_predictor(model_path, version.format), eval_arrays.x)
+    samples = harness.sample_io(predictor, eval_arrays.x)
     services.metrics_store(version=version, eval_dataset=eval_dataset, metrics=metrics, samples=samples,
                            outputs_blob=blob)
     return reference

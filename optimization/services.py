@@ -19,14 +19,14 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
 from optimization import budget as budget_mod
 from optimization.models import OptimizationJob, VersionMetrics
-from registry import archives, audit, datasets as dataset_checks, services as registry
+from registry import audit, datasets as dataset_checks, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import Dataset, ModelVersion
 from registry.uploads import StagedFile

@@ -83,7 +83,7 @@ class _Transition(APIView):
         return _detail(release.pk)
 
 
-def transition(service: Callable[..., Release], input_class: type = CommentInput, *,
+def transition_view(service: Callable[..., Release], input_class: type = CommentInput, *,
                decides: bool = False, takes_comment: bool = False) -> type[_Transition]:
     class View(_Transition):
         def call(self, release: Release, actor: Any, data: dict[str, Any]) -> Release:
@@ -100,11 +100,11 @@ def transition(service: Callable[..., Release], input_class: type = CommentInput
     return View
 
 
-ReleaseSubmit = transition(services.release_submit)
-ReleaseApprove = transition(services.release_approve, DecisionInput, decides=True)
-ReleaseReject = transition(services.release_reject, CommentInput, decides=True)
-ReleaseCancel = transition(services.release_cancel, CommentInput, takes_comment=True)
-ReleaseBuild = transition(services.release_build_request)
+ReleaseSubmit = transition_view(services.release_submit)
+ReleaseApprove = transition_view(services.release_approve, DecisionInput, decides=True)
+ReleaseReject = transition_view(services.release_reject, CommentInput, decides=True)
+ReleaseCancel = transition_view(services.release_cancel, CommentInput, takes_comment=True)
+ReleaseBuild = transition_view(services.release_build_request)
 
 
 def _promote(*, release: Release, actor: Any, endpoint: str, canary: bool) -> Release:
@@ -112,9 +112,9 @@ def _promote(*, release: Release, actor: Any, endpoint: str, canary: bool) -> Re
     return promotion.release_promote_request(release=release, actor=actor, endpoint=target, canary=canary)
 
 
-ReleasePromote = transition(_promote, PromoteInput, takes_comment=True)
-ReleaseComplete = transition(promotion.release_complete)
-ReleaseRollback = transition(promotion.release_rollback, CommentInput, takes_comment=True)
+ReleasePromote = transition_view(_promote, PromoteInput, takes_comment=True)
+ReleaseComplete = transition_view(promotion.release_complete)
+ReleaseRollback = transition_view(promotion.release_rollback, CommentInput, takes_comment=True)
 
 
 class EndpointList(generics.ListAPIView):

@@ -23,7 +23,7 @@ from optimization.models import VersionMetrics
 from registry import services as registry
 from releases import images
 from releases.models import Release
-from releases.services import S, _move, release_fail
+from releases.services import S, release_fail, transition
 
 log = logging.getLogger(__name__)
 MAX_WARMUP_REQUESTS = 100  # TF Serving reads at most 1000; a few rows prove the model runs
@@ -75,7 +75,7 @@ def release_build_run(*, release_id: int) -> None:
         if release.state != S.APPROVED:
             log.info("release %s is %s; not building", release_id, release.state)
             return
-        release = _move(release, to=S.IMAGE_BUILDING, allowed_from=[S.APPROVED], actor=None,
+        release = transition(release, to=S.IMAGE_BUILDING, allowed_from=[S.APPROVED], actor=None,
                         action="release.build_start", verb="built", fields={"build_log": ""})
     workdir = Path(tempfile.mkdtemp(prefix=f"build-{release_id}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
     try:
@@ -120,11 +120,12 @@ def _build(release: Release, workdir: Path) -> None:
     digest = pushed.rpartition("@")[2]
     images.verify_pushed(spec.repository, digest, client, expected_image_id=built.image_id, auth=registry_auth())
     with transaction.atomic():
-        _move(release, to=S.IMAGE_READY, allowed_from=[S.IMAGE_BUILDING], actor=None, action="release.image_ready",
-              verb="marked image-ready",
-              fields={"image_repository": spec.repository, "image_tag": spec.tag, "image_id": built.image_id,
-                      "image_digest": digest, "image_size": built.size, "context_sha256": built.context_sha256},
-              after={"image": f"{spec.repository}@{digest}"})
+        transition(release, to=S.IMAGE_READY, allowed_from=[S.IMAGE_BUILDING], actor=None,
+                   action="release.image_ready", verb="marked image-ready",
+                   fields={"image_repository": spec.repository, "image_tag": spec.tag, "image_id": built.image_id,
+                           "image_digest": digest, "image_size": built.size,
+                           "context_sha256": built.context_sha256},
+                   after={"image": f"{spec.repository}@{digest}"})
         if release.environment.auto_promote:
             from releases.promotion import release_promote_request
 

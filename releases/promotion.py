@@ -23,7 +23,7 @@ from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import ModelVersion
 from releases import promotion_engine as engine
 from releases.models import Endpoint, Promotion, Release
-from releases.services import S, InvalidTransition, _move, release_fail
+from releases.services import S, InvalidTransition, transition, release_fail
 from releases.tfserving import TFServingClient, TFServingError
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def release_promote_request(*, release: Release, actor: AbstractBaseUser | None,
         if docker:
             raise Conflict(f"Endpoints {docker} run containers, but {release.environment.name} builds no images.",
                            code="no_image")
-    release = _move(release, to=S.PROMOTING, allowed_from=allowed, actor=actor,
+    release = transition(release, to=S.PROMOTING, allowed_from=allowed, actor=actor,
                     action="release.promote_requested", verb="promoted",
                     fields={"failure_step": "", "failure_reason": "", "retryable": False},
                     after={"endpoints": [e.name for e in endpoints], "canary": canary})
@@ -177,7 +177,7 @@ def release_promote_run(*, release_id: int) -> None:
     with transaction.atomic():
         if not canary:
             _supersede_previous(release)
-        _move(release, to=S.CANARY if canary else S.LIVE, allowed_from=[S.PROMOTING], actor=None,
+        transition(release, to=S.CANARY if canary else S.LIVE, allowed_from=[S.PROMOTING], actor=None,
               action="release.canary" if canary else "release.live",
               verb="made live", after={"endpoints": list(release.promotions.values_list("endpoint__name", flat=True))})
 
@@ -240,7 +240,7 @@ def release_complete(*, release: Release, actor: AbstractBaseUser) -> Release:
         check_endpoint_health(promotion.endpoint)
     with transaction.atomic():
         _supersede_previous(release)
-        return _move(release, to=S.LIVE, allowed_from=[S.CANARY], actor=actor, action="release.complete",
+        return transition(release, to=S.LIVE, allowed_from=[S.CANARY], actor=actor, action="release.complete",
                      verb="completed")
 
 
@@ -264,7 +264,7 @@ def release_rollback(*, release: Release, actor: AbstractBaseUser, comment: str 
         Release.objects.filter(environment=release.environment, version__model=release.version.model,
                                version__number__in=previous_numbers, state=S.SUPERSEDED).update(state=S.LIVE)
         Promotion.objects.filter(pk__in=[p.pk for p in promotions]).update(state=P.ROLLED_BACK)
-        return _move(release, to=S.ROLLED_BACK, allowed_from=[S.LIVE, S.CANARY], actor=actor,
+        return transition(release, to=S.ROLLED_BACK, allowed_from=[S.LIVE, S.CANARY], actor=actor,
                      action="release.rollback", verb="rolled back", comment=comment,
                      after={"to_versions": sorted(previous_numbers)})
 

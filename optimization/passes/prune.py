@@ -11,11 +11,6 @@ from . import _common as c
 from .base import ModelHandle, Pass, PassContext, PassError
 
 
-def kernel_sparsity(model: Any) -> dict[str, float]:
-    """Fraction of exact zeros in every kernel of the model."""
-    return {name: float(np.mean(value == 0)) for name, value in c.kernel_weights(model)}
-
-
 class Prune(Pass):
     name = "prune"
     label = "pruning"
@@ -74,9 +69,8 @@ class Prune(Pass):
                 f"{end_step} steps (mask update every {frequency})")
         c.fit(pruned, ctx, params, self.name, callbacks=[sp.UpdatePruningStep()])
         stripped = sp.strip_pruning(pruned)
-        sparsity = kernel_sparsity(stripped)
-        overall = (sum(float(np.sum(v == 0)) for _, v in c.kernel_weights(stripped))
-                   / max(1, sum(v.size for _, v in c.kernel_weights(stripped))))
+        kernels = [value for _, value in c.kernel_weights(stripped)]
+        overall = sum(float(np.sum(v == 0)) for v in kernels) / max(1, sum(v.size for v in kernels))
         note = (f"prune: kernels {overall:.1%} zeros overall (target {params['sparsity']:.0%}); "
                 "the size gain shows once the artifact is compressed or quantized")
         ctx.log(note)

@@ -253,6 +253,8 @@ def test_auto_registers_the_smallest_candidate_within_budget(api, digits_model, 
     assert all(c["outcome"].startswith("lost") for c in within if c is not best)
     assert job.variant.metrics.get().metrics["gzipped_bytes"] == best["metrics"]["gzipped_bytes"]
     assert job.variant.metrics.get().metrics["auto"]["winner"] == best["label"]
+    assert "definitions" in job.variant.metrics.get().metrics  # stored once, on the variant
+    assert all("definitions" not in c["metrics"] for c in job.candidates)
     assert ModelVersion.objects.count() == 2
 
 
