@@ -127,10 +127,26 @@ def extract_tar(archive: Path, dest: Path, limits: Limits) -> None:
                     _copy(src, dest / rel, budget)
                 else:
                     raise UnsafeArchive(f"Archive member {member.name!r} is a device, fifo or other special file.")
+            _drain_to_end(tf.fileobj, budget)
     except (tarfile.TarError, EOFError, OSError, zlib_error(), lzma.LZMAError) as exc:
         if isinstance(exc, FileExistsError):
             raise UnsafeArchive(f"The archive contains the same path twice: {exc.filename}") from exc
         raise CorruptArtifact(f"The tar archive is corrupt or truncated: {exc}") from exc
+
+
+def _drain_to_end(stream: IO[bytes] | None, budget: _Budget) -> None:
+    """Read the rest of the (decompressed) stream after the tar end-of-archive marker.
+
+    A flipped byte inside deflated data does not always break decoding: gzip only notices it in
+    the CRC at the end of the stream, which tarfile never reads because it stops at the end-of-
+    archive blocks. Reading to the end makes gzip, bz2 and xz check their trailers, so a corrupt
+    archive is refused as corrupt rather than as whatever garbage it decoded into. The trailing
+    bytes count against the bomb budget: gigabytes of zeros after the marker are still a bomb.
+    """
+    if stream is None:
+        return
+    while chunk := stream.read(COPY_CHUNK):
+        budget.consume(len(chunk))
 
 
 def zlib_error() -> type[Exception]:

@@ -362,6 +362,56 @@ def test_tar_with_corrupt_compressed_stream_is_refused(codec, api, artifacts, sn
     before.assert_nothing_left()
 
 
+@pytest.mark.parametrize("codec", ["gz", "bz2", "xz"])
+def test_tar_corruption_anywhere_in_the_compressed_stream_is_reported_as_corrupt(codec, tmp_path):
+    # gzip only sees most damage in its CRC trailer, which tarfile never reads by itself: without
+    # reading to the end, the damaged bytes were unpacked and refused later as an unparsable
+    # saved_model.pb (a CI run failed this way). Every position must give CorruptArtifact.
+    from registry import archives
+
+    rng = np.random.default_rng(7)
+    members = [("saved_model.pb", rng.bytes(20_000)),
+               ("variables/variables.data-00000-of-00001", rng.integers(0, 4, 150_000, dtype=np.uint8).tobytes())]
+    path = tmp_path / "model.tar"
+    with tarfile.open(path, f"w:{codec}") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    pristine = path.read_bytes()
+    positions = rng.integers(0, len(pristine) - 40, 40)
+    for at in positions:
+        damaged = tmp_path / "damaged.tar"
+        damaged.write_bytes(pristine)
+        flip_bytes(damaged, int(at))
+        dest = tmp_path / f"out-{at}"
+        dest.mkdir()
+        with pytest.raises(archives.CorruptArtifact):
+            archives.extract(damaged, dest, "tar")
+        assert list(dest.iterdir()) == []  # nothing half-unpacked is left behind
+
+
+def test_tar_bomb_hidden_after_the_end_of_archive_marker_is_refused(api, artifacts, snapshot, settings, tmp_path):
+    # Reading to the end of the stream (to check the CRC) must not itself unpack a bomb: 8 MiB of
+    # zeros after the tar's end-of-archive blocks count against the same budget as the members.
+    settings.MAX_COMPRESSION_RATIO = 10
+    path = tmp_path / "model.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in saved_model_members(artifacts):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        tf.fileobj.write(b"\0" * 1024)  # the end-of-archive marker, written early...
+        for _ in range(8):
+            tf.fileobj.write(b"\0" * (1024 * 1024))  # ...then the bomb behind it
+    before = snapshot()
+
+    response = upload(api, "digits", path)
+
+    assert_error(response, 400, "unsafe_archive", "decompression bomb")
+    before.assert_nothing_left()
+
+
 def set_encrypted_flag(path: Path) -> Path:
     """Python's zipfile cannot decrypt without a password: set the "encrypted" bit in every
     local header and central directory entry of an otherwise valid archive."""
