@@ -509,14 +509,16 @@ class _Reporter:
 def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, saved_model_src: Path,
             samples: dict[str, Any] | Samples, tolerance: tuple[float, float] = (1e-5, 1e-6),
             canary_only: bool = False, on_step: OnStep | None = None, deadline_s: float = 60.0,
-            expected_sha256: str | None = None) -> PromotionResult:
+            expected_sha256: str | None = None, delete_retired: bool = True) -> PromotionResult:
     """Stage `saved_model_src` as `version` of `model_name` and make it `stable` (or only `canary`).
 
     Steps, each reported as on_step(step, message):
-      lock, check, [pin], stage, load, available, canary, validate, promote | hold, done
+      lock, check, [pin], stage, load, available, canary, validate, promote | hold, [clean], done
     and on failure: restore, failed; then PromotionFailed(step, reason) is raised (step = where it
     stopped, reason = the TFServingError/OSError behind it).
     `deadline_s` bounds the whole promotion once the lock is held (loading included).
+    With `delete_retired`, directories of versions the final policy no longer serves are deleted
+    once the server has let go of them (step `clean`, only reported when something was deleted).
     """
     _check_model_name(model_name)
     parsed = Samples.parse(samples)
@@ -536,14 +538,15 @@ def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, save
             raise error from exc
         report("lock", f"holding {endpoint.base_dir / LOCK_NAME}")
         run = _Promotion(endpoint, model_name, version, Path(saved_model_src), parsed, tolerance,
-                         canary_only, report, deadline_s, expected_sha256)
+                         canary_only, report, deadline_s, expected_sha256, delete_retired)
         return run.run()
 
 
 class _Promotion:
     def __init__(self, endpoint: RepositoryEndpoint, model_name: str, version: int, src: Path,
                  samples: Samples, tolerance: tuple[float, float], canary_only: bool,
-                 report: _Reporter, deadline_s: float, expected_sha256: str | None) -> None:
+                 report: _Reporter, deadline_s: float, expected_sha256: str | None,
+                 delete_retired: bool = True) -> None:
         self.endpoint, self.client = endpoint, endpoint.client
         self.model, self.version, self.src = model_name, version, src
         self.samples, self.tolerance, self.canary_only = samples, tolerance, canary_only
@@ -557,6 +560,7 @@ class _Promotion:
         self.config_changed = False
         self.staged: StagedVersion | None = None
         self.stable_moved = False
+        self.delete_retired = delete_retired
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -665,10 +669,27 @@ class _Promotion:
             self.apply(with_model(self.previous, model, base_path, final_versions, final_labels))
             self.report("promote", f"stable {stable} -> {new}; policy {sorted(final_versions)}, "
                                    f"labels {final_labels}")
+        self._clean(base_path, final_versions)
         self.report("done", f"{model} version {new} is {'canary' if self.canary_only else 'stable'} "
                             f"in {time.monotonic() - self.started:.2f} s")
         return PromotionResult(model, stable, new, self.canary_only, self.staged.path, self.staged.created,
                                tuple(self.report.steps), time.monotonic() - self.started)
+
+    def _clean(self, base_path: str, served: set[int]) -> None:
+        """Delete the directories of versions the final reload stopped serving (retired ones).
+
+        The promotion has succeeded by now, so a failure here is reported, not raised: an extra
+        directory on disk is harmless and the next promotion tries again. Rollback re-stages a
+        version whose directory is gone."""
+        if not self.delete_retired:
+            return
+        try:
+            deleted = delete_unserved_dirs(self.client, self.model, Path(base_path), served)
+        except Exception as exc:  # noqa: BLE001 - see docstring
+            self.report("clean", f"could not delete retired version directories: {exc}")
+            return
+        if deleted:
+            self.report("clean", f"deleted retired version directories {[p.name for p in deleted]}")
 
     def _fail(self, exc: Exception) -> PromotionFailed:
         step = self.step
@@ -797,19 +818,30 @@ def retire(endpoint: RepositoryEndpoint, model_name: str, keep: set[int], *, del
         new = with_model(config, model_name, entry.base_path, keep, labels)
         endpoint.apply(new)
         report("retire", f"policy specific {sorted(keep)}; dropped {list(dropped)}")
-        deleted: list[Path] = []
+        deleted: tuple[Path, ...] = ()
         if delete_dirs:
             if grace_s > 0:
                 time.sleep(grace_s)
-            status = endpoint.client.model_status(model_name)
-            model_dir = Path(entry.base_path)
-            newest = max(keep)
-            for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
-                if not child.name.isdigit() or int(child.name) in keep or int(child.name) > newest:
-                    continue
-                if status.get(int(child.name), ("", ""))[0] in (AVAILABLE, "LOADING", "UNLOADING"):
-                    continue  # the server still holds it: leave it for the next retire
-                shutil.rmtree(child)
-                deleted.append(child)
+            deleted = delete_unserved_dirs(endpoint.client, model_name, Path(entry.base_path), keep)
             report("delete", f"deleted {[p.name for p in deleted]}")
-        return RetireResult(model_name, tuple(sorted(keep)), dropped, tuple(deleted))
+        return RetireResult(model_name, tuple(sorted(keep)), dropped, deleted)
+
+
+def delete_unserved_dirs(client: TFServingClient, model_name: str, model_dir: Path,
+                         keep: set[int]) -> tuple[Path, ...]:
+    """Delete version directories outside the policy ``keep`` that the server no longer holds.
+
+    Call it with the endpoint lock held, after the reload that dropped them. A version still
+    LOADING, AVAILABLE or UNLOADING (in-flight requests finishing) is left for the next call; so is
+    anything that is not a version directory (a ``.tmp-`` staging directory, a stray file).
+    """
+    status = client.model_status(model_name)
+    deleted = []
+    for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
+        if not child.name.isdigit() or not child.is_dir() or child.is_symlink() or int(child.name) in keep:
+            continue
+        if status.get(int(child.name), ("", ""))[0] in (AVAILABLE, "LOADING", "UNLOADING"):
+            continue
+        shutil.rmtree(child)
+        deleted.append(child)
+    return tuple(deleted)
