@@ -447,7 +447,8 @@ def targets_for(result: ModelResult) -> list[tuple[str, str, str, bool]]:
     if r and r.metrics:
         m = r.metrics
         fb = ftfl.metrics["size_bytes"] if ftfl and ftfl.metrics else float("nan")
-        detail = f"gzipped {m['gzipped_ratio']:.2f}x; vs float32 .tflite {fb / m['size_bytes']:.2f}x"
+        detail = (f"gzipped {m['gzipped_ratio']:.2f}x; vs the uploaded zip {m['artifact_ratio']:.2f}x; "
+                  f"vs float32 .tflite {fb / m['size_bytes']:.2f}x")
         if per_tensor and per_tensor.metrics:
             pt = per_tensor.metrics
             detail += (f"; per-tensor Dense: {pt['size_ratio']:.2f}x, vs float32 .tflite "

@@ -7,13 +7,16 @@ variant, so the parent is run once and every comparison uses the same numbers.
 
 Definitions (also returned in ``metrics["definitions"]`` so stored results explain themselves):
 
-- ``size_bytes``: the artifact as registered (the .zip for a SavedModel, else the file).
+- ``size_bytes``: the model *payload* as it is loaded and served: a ``.tflite`` / ``.keras`` /
+  ``.h5`` file as is; for a SavedModel, the total of the unpacked directory's files. So, like the
+  gzipped size, it does not depend on how the user zipped the upload (stored or deflated).
+- ``artifact_bytes``: the artifact exactly as registered (the .zip for a SavedModel, else the file).
 - ``gzipped_bytes``: gzip level 9 (header mtime 0, no file name) of the model *payload*: a
   ``.tflite`` / ``.keras`` / ``.h5`` file as is; for a SavedModel directory, a deterministic
   uncompressed tar of the unpacked directory (entries sorted by path, relative names, mtime 0,
   uid/gid 0, no owner names, modes normalised to 0644 / 0755), then gzipped. So the number does
   not depend on how the user zipped the upload.
-- ``size_ratio`` / ``gzipped_ratio``: parent / variant, so 4.0 means 4x smaller.
+- ``size_ratio`` / ``gzipped_ratio`` / ``artifact_ratio``: parent / variant, so 4.0 means 4x smaller.
 - ``parameter_count`` / ``nonzero_parameters``: over all weight arrays of the predictor (see
   ``optimization.predictors`` for what that means per format).
 - ``sparsity``: zeros / elements over the weight arrays with ``ndim >= 2`` (kernels of Dense,
@@ -60,6 +63,8 @@ _EPS = 1e-7
 _PROB_TOLERANCE = 0.05
 
 DEFINITIONS = {
+    "size_bytes": "the payload as served: the file, or the total of an unpacked SavedModel directory's files",
+    "artifact_bytes": "the registered artifact as uploaded (a SavedModel's .zip, else the file)",
     "gzipped_bytes": "gzip -9 of the file; for a SavedModel directory of a deterministic uncompressed tar of it",
     "size_ratio": "parent / variant (4.0 = 4x smaller)",
     "sparsity": "zeros / elements over weight arrays with ndim >= 2 (kernels)",
@@ -123,6 +128,13 @@ def _deterministic_tar(directory: Path, out: BinaryIO) -> None:
             elif info.isdir():
                 tar.addfile(info)
             # symlinks / devices are not part of a model payload: skipped
+
+
+def payload_size(payload: Path) -> int:
+    """Bytes of the model as loaded: the file, or the sum of a SavedModel directory's files."""
+    if payload.is_dir():
+        return sum(p.stat().st_size for p in payload.rglob("*") if p.is_file() and not p.is_symlink())
+    return payload.stat().st_size
 
 
 def gzipped_size(payload: Path) -> int:
@@ -323,11 +335,13 @@ def measure(*, artifact_path: Path, model_dir_or_file: Path, fmt: str, task: str
                          "the parent must be measured on the same eval set")
 
     metrics: dict[str, Any] = {"format": fmt, "task": task, "eval_rows": int(len(eval_x))}
-    metrics["size_bytes"] = artifact_path.stat().st_size
+    metrics["size_bytes"] = payload_size(model_dir_or_file)
     metrics["gzipped_bytes"] = gzipped_size(model_dir_or_file)
-    metrics["size_ratio"] = metrics["gzipped_ratio"] = None
+    metrics["artifact_bytes"] = artifact_path.stat().st_size
+    sizes = (("size_bytes", "size_ratio"), ("gzipped_bytes", "gzipped_ratio"), ("artifact_bytes", "artifact_ratio"))
+    metrics.update({ratio: None for _, ratio in sizes})
     if parent is not None:
-        for key, ratio in (("size_bytes", "size_ratio"), ("gzipped_bytes", "gzipped_ratio")):
+        for key, ratio in sizes:
             if parent.metrics.get(key):
                 metrics[ratio] = float(parent.metrics[key]) / metrics[key]
     metrics.update(weight_stats(predictor, clusters))

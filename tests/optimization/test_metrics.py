@@ -198,7 +198,7 @@ def test_parent_against_itself(art, parent):
     assert metrics["agreement"] == 1.0
     assert metrics["kl_divergence"] == pytest.approx(0.0, abs=1e-9)
     assert metrics["accuracy_delta"] == 0.0
-    assert metrics["size_ratio"] == 1.0 and metrics["gzipped_ratio"] == 1.0
+    assert metrics["size_ratio"] == metrics["gzipped_ratio"] == metrics["artifact_ratio"] == 1.0
     assert metrics["accuracy"] > 0.85
     assert metrics["mse"] is None and metrics["unique_weight_values"] is None
     assert 0 < metrics["latency_ms_p50"] <= metrics["latency_ms_p95"]
@@ -221,7 +221,9 @@ def test_saved_model_gzip_is_deterministic_tar_of_directory(art, parent, tmp_pat
     kwargs = dict(fmt="saved_model", task="classification", eval_x=art.x_eval, eval_y=art.y_eval,
                   parent=parent, latency_runs=2)
     metrics, outputs = measure(artifact_path=art.saved_model_zip, model_dir_or_file=art.saved_model_dir, **kwargs)
-    assert metrics["size_bytes"] == art.saved_model_zip.stat().st_size
+    assert metrics["artifact_bytes"] == art.saved_model_zip.stat().st_size
+    unpacked = [p for p in art.saved_model_dir.rglob("*") if p.is_file()]
+    assert metrics["size_bytes"] == sum(p.stat().st_size for p in unpacked)
     assert metrics["agreement"] == 1.0 and metrics["accuracy_delta"] == pytest.approx(0.0, abs=1e-9)
     # a copy with different mtimes packs to the same gzipped size
     copy = tmp_path / "copy"
@@ -230,6 +232,7 @@ def test_saved_model_gzip_is_deterministic_tar_of_directory(art, parent, tmp_pat
         os.utime(p, (1_000_000, 1_000_000))
     again, _ = measure(artifact_path=art.saved_model_zip, model_dir_or_file=copy, **kwargs)
     assert again["gzipped_bytes"] == metrics["gzipped_bytes"]
+    assert again["size_bytes"] == metrics["size_bytes"]  # the payload, not how it was zipped
 
 
 def test_int8_tflite_against_float_parent(art, parent):
