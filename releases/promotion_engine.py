@@ -14,9 +14,11 @@ The rules it follows (see /work/shared/reference/tf-serving.md):
 * A label is only ever put on a version that is already AVAILABLE, and a version stays in the
   `specific` policy for as long as any label of the config being applied points at it. So no
   reload ever makes a label name an unloaded version, and `stable` never stops serving.
-* Promotion of `stable` N -> N+1: serve {N, N+1}; wait until N+1 is AVAILABLE (END = failure);
-  label `canary` -> N+1; validate through `canary` (signature + recorded sample answers); move
-  `stable` -> N+1; keep {N, N+1} loaded so that rollback is one label flip.
+* Promotion of `stable` N -> N+1 in two reloads: serve {N, N+1} (labels unchanged); wait until
+  N+1 is AVAILABLE (END = failure); validate version N+1 by number (signature + recorded sample
+  answers); then move `stable` and `canary` -> N+1 in one reload and prove with one Predict through
+  `stable` that the label routes there; keep {N, N+1} loaded so that rollback is one label flip.
+  Retired versions' directories are deleted once the server has unloaded them.
 * Any failure restores the previous models.config (file + reload), removes the version directory
   if this promotion created it and `stable` never pointed at it, and raises PromotionFailed.
 * One promotion at a time per model repository: `fcntl.flock` on `<base>/.modelyard.lock`, which
@@ -513,7 +515,7 @@ def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, save
     """Stage `saved_model_src` as `version` of `model_name` and make it `stable` (or only `canary`).
 
     Steps, each reported as on_step(step, message):
-      lock, check, [pin], stage, load, available, canary, validate, promote | hold, [clean], done
+      lock, check, [pin], stage, load, available, validate, promote | hold, [clean], done
     and on failure: restore, failed; then PromotionFailed(step, reason) is raised (step = where it
     stopped, reason = the TFServingError/OSError behind it).
     `deadline_s` bounds the whole promotion once the lock is held (loading included).
@@ -641,34 +643,29 @@ class _Promotion:
         self.client.wait_available(model, new, self.remaining())
         self.report("available", f"version {new} is AVAILABLE")
 
-        self.step = "canary"
-        canary_labels = {**labels, CANARY: new}
-        self.apply(with_model(self.previous, model, base_path, serving, canary_labels))
-        self.report("canary", f"label canary -> {new}; labels {canary_labels}")
-
+        # validate by version number: nothing has to move before the new version is proven, so a
+        # promotion is two reloads (load, then the label flip), the minimum TF Serving allows.
         self.step = "validate"
         check_signature(self.client, model, new, self.samples, stable)
-        check_answers(self.client, model, new, self.samples, self.tolerance, label=CANARY)
-        self.report("validate", f"signature and {len(self.samples.inputs)} sample answers match "
-                                f"through label canary")
+        check_answers(self.client, model, new, self.samples, self.tolerance)
+        self.report("validate", f"signature and {len(self.samples.inputs)} sample answers of version {new} "
+                                f"match the registry's")
 
         # final: keep the previous stable (for rollback), the new one, and other labels' versions.
         others = {v for label, v in labels.items() if label not in (STABLE, CANARY)}
+        final_versions = ({stable} if stable is not None else set()) | {new} | others
         if self.canary_only:
-            self.step = "hold"
-            final_labels = canary_labels
-            final_versions = ({stable} if stable is not None else set()) | {new} | others
-            if final_versions != serving:
-                self.apply(with_model(self.previous, model, base_path, final_versions, final_labels))
-            self.report("hold", f"canary -> {new}, stable stays -> {stable}; policy {sorted(final_versions)}")
+            self.step, moved = "hold", CANARY
+            final_labels = {**labels, CANARY: new}
         else:
-            self.step = "promote"
+            self.step, moved = "promote", STABLE
             final_labels = {**labels, STABLE: new, CANARY: new}
-            final_versions = ({stable} if stable is not None else set()) | {new} | others
             self.stable_moved = True  # from here on the version may have served stable traffic
-            self.apply(with_model(self.previous, model, base_path, final_versions, final_labels))
-            self.report("promote", f"stable {stable} -> {new}; policy {sorted(final_versions)}, "
-                                   f"labels {final_labels}")
+        self.apply(with_model(self.previous, model, base_path, final_versions, final_labels))
+        # One Predict through the moved label proves the flip routes to the new version.
+        check_answers(self.client, model, new, self.samples, self.tolerance, label=moved)
+        self.report(self.step, f"{moved} {labels.get(moved)} -> {new} (stable -> {final_labels.get(STABLE)}); "
+                               f"policy {sorted(final_versions)}, labels {final_labels}")
         self._clean(base_path, final_versions)
         self.report("done", f"{model} version {new} is {'canary' if self.canary_only else 'stable'} "
                             f"in {time.monotonic() - self.started:.2f} s")

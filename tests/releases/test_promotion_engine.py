@@ -23,7 +23,7 @@ from tests.releases.serving_fixtures import LiveServer, Models, free_port
 from tests.releases.traffic import Traffic
 
 TOLERANCE = (1e-5, 1e-6)
-HAPPY_STEPS = ["lock", "check", "stage", "load", "available", "canary", "validate", "promote", "done"]
+HAPPY_STEPS = ["lock", "check", "stage", "load", "available", "validate", "promote", "done"]
 
 
 @pytest.fixture
@@ -136,6 +136,31 @@ def test_second_promotion_moves_stable_and_keeps_previous_loaded(
     assert sorted(p.name for p in (model_server.base_dir / model_name).iterdir()) == ["3"]
     assert served_by(model_server, model_name, "stable", tiny_models) == 3
     assert_config_consistent(model_server, model_name)
+
+
+class CountingEndpoint(RepositoryEndpoint):
+    """The real endpoint, counting the config reloads it sends (instrumentation, not a mock)."""
+
+    model_name: str
+    reloads: list[dict[str, int]]
+
+    def apply(self, config: ModelServerConfig, timeout: float | None = None) -> None:
+        super().apply(config, timeout)
+        self.reloads.append(dict(model_entry(config, self.model_name).version_labels))
+
+
+def test_a_promotion_is_two_reloads_and_labels_move_only_in_the_second(
+        model_server: LiveServer, tiny_models: Models, model_name: str) -> None:
+    promote(model_server, tiny_models, model_name, 1, "a")
+    endpoint = CountingEndpoint(model_server.base_dir, model_server.config_path, model_server.client)
+    endpoint.model_name, endpoint.reloads = model_name, []
+
+    engine.promote(endpoint, model_name=model_name, version=2, saved_model_src=tiny_models["b"],
+                   samples=tiny_models.samples["b"], tolerance=TOLERANCE, deadline_s=30)
+
+    # load (labels unchanged, version 2 validated by number), then stable + canary -> 2
+    assert endpoint.reloads == [{"stable": 1, "canary": 1}, {"stable": 2, "canary": 2}]
+    assert served_by(model_server, model_name, "stable", tiny_models) == 2
 
 
 def test_promotions_delete_directories_of_retired_versions(model_server: LiveServer, tiny_models: Models,
@@ -308,7 +333,7 @@ def test_server_dying_mid_promotion_restores_the_file(launch_server, tiny_models
         promote(server, tiny_models, model_name, 2, "b", on_step=kill_when_available)
 
     error = info.value
-    assert error.step == "canary" and isinstance(error.reason, EndpointUnreachable), error
+    assert error.step == "validate" and isinstance(error.reason, EndpointUnreachable), error
     assert not error.restored and isinstance(error.restore_error, EndpointUnreachable)
     assert "unreachable" in str(error) and "did not take it" in str(error)
     # The file is back, so a restarted server serves what it served before; the version directory
