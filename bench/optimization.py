@@ -368,7 +368,7 @@ def part_a(ref: Reference, workdir: Path) -> ModelResult:
     source = modelio.load_handle(sm_dir, "saved_model")
     assert source.kind == "keras", source.kind
 
-    rows = [Row(label="float parent (SavedModel zip)", metrics=pm),
+    rows = [Row(label="float parent (SavedModel)", metrics=pm),
             float_tflite_row(ref.model, ref.data, workdir / "float-tflite", parent),
             per_tensor_int8_row(ref.model, ref.data, workdir / "int8-per-tensor", parent)]
     by_key: dict[str, Row] = {}
@@ -407,8 +407,10 @@ def part_a(ref: Reference, workdir: Path) -> ModelResult:
 
     print()
     print_table(COLUMNS, [row_cells(r) for r in rows])
-    print("\nsize ratio / gzip ratio: parent (SavedModel zip; gzip of its tar) ÷ variant; Δ pt: accuracy change "
-          "in points; KL: mean KL(parent ‖ variant); opt s: time in the passes (training/conversion).")
+    print("\nsize: the model as served (the unpacked SavedModel directory, or the file); size ratio / gzip "
+          "ratio: parent ÷ variant (gzip of a SavedModel is of a deterministic tar of the directory); Δ pt: "
+          "accuracy change in points; KL: mean KL(parent ‖ variant); opt s: time in the passes "
+          "(training/conversion).")
 
     print(f"\n### Auto candidates (`{ref.name}`, simulated: budget.choose, {budget.describe()})\n")
     print_table(["candidate", "gzipped B", "accuracy", "Δ pt", "outcome"],
