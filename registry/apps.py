@@ -6,4 +6,8 @@ class RegistryConfig(AppConfig):
     verbose_name = "Model registry"
 
     def ready(self) -> None:
-        from registry import checks  # noqa: F401  (registers system checks)
+        from registry import blobrefs, checks  # noqa: F401  (checks registers system checks)
+        from registry.models import Dataset, ModelVersion
+
+        blobrefs.register(ModelVersion, "artifact_sha256")
+        blobrefs.register(Dataset, "sha256")

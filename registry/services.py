@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from registry import archives, audit, datasets, inspection
+from registry import archives, audit, blobrefs, datasets, inspection
 from registry.blobstore import artifact_store
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
@@ -125,17 +125,9 @@ def version_create(
         raise
 
 
-def _blob_referenced(sha256: str) -> bool:
-    from optimization.models import VersionMetrics  # outputs blobs of metrics runs
-
-    return (ModelVersion.objects.filter(artifact_sha256=sha256).exists()
-            or Dataset.objects.filter(sha256=sha256).exists()
-            or VersionMetrics.objects.filter(outputs_sha256=sha256).exists())
-
-
 def discard_blob_if_unreferenced(sha256: str) -> None:
-    """After a rolled-back write: remove a blob no committed row points at."""
-    if not _blob_referenced(sha256):
+    """After a rolled-back write: remove a blob no committed row points at (see ``blobrefs``)."""
+    if not blobrefs.referenced(sha256):
         artifact_store().discard(sha256)
 
 
