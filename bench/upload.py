@@ -186,7 +186,7 @@ def start_server(root: Path, env: dict[str, str], app: str, pythonpath: str | No
         try:
             if requests.get(server.base_url + "/healthz", timeout=2).status_code == 200:
                 return server
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still importing
             pass
         time.sleep(0.2)
     raise RuntimeError(f"gunicorn did not answer /healthz within 90 s:\n{error_log.read_text()[-3000:]}")

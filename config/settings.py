@@ -135,6 +135,9 @@ MAX_ARCHIVE_MEMBERS = env_int("MODELYARD_MAX_ARCHIVE_MEMBERS", 10_000, minimum=1
 # so a web worker never keeps a big model's weights (registry/inspect_worker.py).
 INSPECT_IN_SUBPROCESS_BYTES = env_int("MODELYARD_INSPECT_IN_SUBPROCESS_BYTES", 64 * 1024 * 1024, minimum=0)
 INSPECT_TIMEOUT = env_int("MODELYARD_INSPECT_TIMEOUT", 900, minimum=1)
+# A large upload starts a warm inspector while its bytes stream in (registry/inspector.py); an
+# unused one exits after this many seconds. 0: no prewarming.
+INSPECT_SPARE_IDLE_SECONDS = env_int("MODELYARD_INSPECT_SPARE_IDLE_SECONDS", 120, minimum=0)
 
 # --- REST API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Max, QuerySet
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -12,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from registry import services
+from registry import inspector, services
 from registry.errors import NotFound
 from registry.filters import AuditEventFilter, DatasetFilter, ModelFilter, VersionFilter
 from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel
@@ -65,6 +66,17 @@ class ModelDetail(APIView):
         return Response(ModelOutput(_models().get(pk=model.pk)).data)
 
 
+def _prewarm_inspector(request: Request) -> None:
+    """A body large enough to be inspected out of process: start the inspector now, so that its
+    TensorFlow import overlaps the upload instead of following it."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if length >= settings.INSPECT_IN_SUBPROCESS_BYTES:
+        inspector.prewarm()
+
+
 class VersionList(generics.ListAPIView):
     """Versions of a model, newest first. POST uploads a new one (multipart, field ``artifact``)."""
 
@@ -80,6 +92,7 @@ class VersionList(generics.ListAPIView):
     @extend_schema(request={"multipart/form-data": VersionCreateInput}, responses={201: VersionOutput})
     def post(self, request: Request, name: str) -> Response:
         model = services.get_model(name)
+        _prewarm_inspector(request)  # before request.data: the body has not been read yet
         data = _valid(VersionCreateInput, request.data)
         parent = services.get_version(model, data["parent"]) if data.get("parent") else None
         version = services.version_create(

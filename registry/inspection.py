@@ -9,8 +9,6 @@ import gc
 import json
 import lzma
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 import zlib
@@ -22,7 +20,7 @@ from typing import Any
 
 from django.conf import settings
 
-from registry import archives
+from registry import archives, inspector
 from registry.errors import CorruptArtifact, InvalidModel, RegistryError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -86,20 +84,22 @@ def inspect_artifact(path: Path, filename: str) -> Inspection:
             gc.collect()
 
 
+def subprocess_request(path: Path, filename: str) -> dict[str, Any]:
+    """What inspect_worker needs: the file, its name and the few settings inspection reads."""
+    return {"path": str(path), "filename": filename, "settings": {
+        "FILE_UPLOAD_TEMP_DIR": settings.FILE_UPLOAD_TEMP_DIR, "MAX_UNPACKED_BYTES": settings.MAX_UNPACKED_BYTES,
+        "MAX_COMPRESSION_RATIO": settings.MAX_COMPRESSION_RATIO, "MAX_ARCHIVE_MEMBERS": settings.MAX_ARCHIVE_MEMBERS}}
+
+
 def _inspect_in_subprocess(path: Path, filename: str) -> Inspection:
     """Large artifacts: inspect in a short-lived process (see registry/inspect_worker.py)."""
     from registry import errors
 
-    request = {"path": str(path), "filename": filename, "settings": {
-        "FILE_UPLOAD_TEMP_DIR": settings.FILE_UPLOAD_TEMP_DIR, "MAX_UNPACKED_BYTES": settings.MAX_UNPACKED_BYTES,
-        "MAX_COMPRESSION_RATIO": settings.MAX_COMPRESSION_RATIO, "MAX_ARCHIVE_MEMBERS": settings.MAX_ARCHIVE_MEMBERS}}
-    done = subprocess.run([sys.executable, "-m", "registry.inspect_worker"], input=json.dumps(request),
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
-                          timeout=settings.INSPECT_TIMEOUT)
+    stdout, stderr, status = inspector.run(subprocess_request(path, filename))
     try:
-        reply = json.loads(done.stdout)
+        reply = json.loads(stdout)
     except json.JSONDecodeError:
-        tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        tail = (stderr or "").strip().splitlines()[-1:] or [f"exit status {status}"]
         raise InvalidModel(f"Inspecting the model crashed the inspector: {tail[0][:300]}") from None
     if "error" in reply:
         cls = getattr(errors, reply["error"]["class"], errors.RegistryError)
