@@ -72,6 +72,10 @@ class JobRunner:
         self._check_eval_fits(data["eval"])
         parent = self._parent_reference(source_path, data["eval"])
         recipe = job.recipe
+        if recipe.get("technique") == services.MEASURE:
+            self._register(None, candidates=[], message=f"Measured {job.source} on {job.eval_dataset.name} "
+                                                         f"({_summary(parent.metrics)}).")
+            return
         if recipe.get("technique") == "auto":
             self._run_auto(source_path, data, parent)
             return

@@ -63,6 +63,11 @@ class Plan:
     needs: frozenset[str] = frozenset()
 
 
+# Not a compression: measure the version itself on the eval dataset (a plain upload has no metrics
+# until then, and release gates compare recorded metrics). Registers no variant.
+MEASURE = "measure"
+
+
 def plan_recipe(recipe: Any, version: ModelVersion) -> Plan:
     """Parse and check a recipe against the source version; raise JobInputError (400) if it
     cannot apply — e.g. pruning a .tflite — so the user hears it now, not from a failed job."""
@@ -71,6 +76,10 @@ def plan_recipe(recipe: Any, version: ModelVersion) -> Plan:
     if not isinstance(recipe, dict):
         raise JobInputError('recipe must be an object, e.g. {"technique": "ptq_int8"}.')
     kind = source_kind(version)
+    if recipe.get("technique") == MEASURE:
+        if set(recipe) - {"technique", "params"} or recipe.get("params"):
+            raise JobInputError('"measure" takes no parameters: {"technique": "measure"}.')
+        return Plan(recipe={"technique": MEASURE}, steps=[], needs=frozenset())
     try:
         if recipe.get("technique") == "auto":
             params = recipe.get("params") or {}

@@ -57,8 +57,8 @@ def accuracy_gate(version: ModelVersion, baseline: ModelVersion | None, threshol
     pair = _common(version, baseline)
     if pair is None:
         return _result("max_accuracy_drop", False, threshold, None,
-                       f"No metrics for v{version.number} and v{baseline.number} on a common eval dataset; run an "
-                       "optimization job (or measure both) first.")
+                       f"No metrics for v{version.number} and v{baseline.number} on a common eval dataset; measure "
+                       f"them first (POST /api/v1/optimization-jobs/ with recipe {{\"technique\": \"measure\"}}).")
     mine, theirs = pair
     if mine.get("accuracy") is not None and theirs.get("accuracy") is not None:
         drop = float(theirs["accuracy"]) - float(mine["accuracy"])
@@ -103,7 +103,7 @@ def datasets_gate(version: ModelVersion, roles: list[str]) -> dict[str, Any]:
     present = set(Dataset.objects.filter(model=version.model, role__in=roles).values_list("role", flat=True))
     missing = [r for r in roles if r not in present]
     if "eval" in roles and not missing and not _metrics(version):
-        missing.append("eval metrics for this version")
+        missing.append('eval metrics for this version (measure it: recipe {"technique": "measure"})')
     ok = not missing
     return _result("required_datasets", ok, roles, sorted(present),
                    "all required datasets present" if ok else f"missing: {', '.join(missing)}")

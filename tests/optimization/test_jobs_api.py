@@ -285,3 +285,57 @@ def test_auto_with_no_candidate_in_budget_registers_nothing(api, alice, digits_m
     assert candidate["metrics"]["accuracy"] < 0.5  # measured and recorded, not guessed
     assert ModelVersion.objects.count() == 1
     assert files_under(storage_root / "tmp") == []
+
+
+@pytest.mark.django_db
+def test_measure_job_records_a_plain_upload_metrics_so_release_gates_can_compare(
+        api, alice, digits_model, digits_files, immediate_tasks, django_capture_on_commit_callbacks, storage_root):
+    from registry import services as registry
+    from registry.uploads import StagedFile
+    from releases import gates
+    from releases.models import Environment
+
+    source, datasets = digits_model
+    # A retrained model uploaded as v2 (same bytes, a new version), compared with v1 by the gates.
+    v2 = registry.version_create(model=source.model, staged=StagedFile.from_path(digits_files["model"]),
+                                 actor=alice, parent=source)
+    staging = Environment.objects.get(name="staging")
+    results, passed, baseline = gates.evaluate(v2, staging)
+    assert baseline == source and not passed
+    assert any('"technique": "measure"' in r["message"] for r in results if not r["passed"]), results
+
+    for version in (1, 2):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = start(api, {"technique": "measure"}, version=version)
+        assert response.status_code == 202, response.content
+        job = OptimizationJob.objects.get(pk=response.json()["id"])
+        assert job.status == "succeeded" and job.variant is None, (job.error, job.log)
+        assert job.message.startswith(f"Measured digits v{version} on ") and "accuracy" in job.message
+
+    assert ModelVersion.objects.count() == 2  # nothing registered
+    measured = {m.version.number: m for m in VersionMetrics.objects.all()}
+    assert set(measured) == {1, 2} and all(m.eval_dataset == datasets["eval"] for m in measured.values())
+    assert measured[2].metrics["accuracy"] == measured[1].metrics["accuracy"]  # the same model
+    assert len(measured[2].samples["inputs"]) == 8 and measured[2].outputs_sha256
+    results, passed, _ = gates.evaluate(v2, staging)
+    assert passed, results
+    accuracy = next(r for r in results if r["gate"] == "max_accuracy_drop")
+    assert accuracy["value"] == 0.0
+    assert api.get("/api/v1/models/digits/versions/2/").json()["metrics"][0]["metrics"]["accuracy"] > 0.8
+    assert files_under(storage_root / "tmp") == []
+
+    # Measuring again reuses the stored run instead of creating a second one.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert start(api, {"technique": "measure"}, version=2).status_code == 202
+    assert VersionMetrics.objects.filter(version__number=2).count() == 1
+    assert "reusing" in OptimizationJob.objects.order_by("id").last().log
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("recipe", [{"technique": "measure", "params": {"runs": 3}},
+                                    {"technique": "measure", "sparsity": 0.5}])
+def test_measure_takes_no_parameters(api, digits_model, recipe):
+    response = start(api, recipe)
+    assert response.status_code == 400, response.content
+    assert "takes no parameters" in response.json()["error"]["message"]
+    assert not OptimizationJob.objects.exists()
