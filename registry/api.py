@@ -21,7 +21,7 @@ from registry.serializers import (
     AliasInput, AliasOutput, AuditEventOutput, DatasetCreateInput, DatasetOutput, ModelCreateInput, ModelOutput,
     ModelUpdateInput, VersionCreateInput, VersionOutput, VersionUpdateInput,
 )
-from registry.uploads import StagedFile
+from registry.uploads import StagedFile, announced_too_large
 
 
 def _valid(serializer_class: type, data: Any) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def _prewarm_inspector(request: Request) -> None:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return
-    if length >= settings.INSPECT_IN_SUBPROCESS_BYTES:
+    if length >= settings.INSPECT_IN_SUBPROCESS_BYTES and not announced_too_large(length):  # else a 413 follows
         inspector.prewarm()
 
 

@@ -84,3 +84,13 @@ def test_a_small_upload_starts_no_inspector(api, registered, artifacts, settings
     caplog.set_level(logging.INFO, logger="registry.inspector")
     assert upload(api, "digits", artifacts["zip"]).status_code == 201
     assert "inspector" not in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_body_over_the_artifact_limit_starts_no_inspector(api, registered, artifacts, settings, caplog) -> None:
+    settings.INSPECT_IN_SUBPROCESS_BYTES = 1024
+    settings.MAX_ARTIFACT_BYTES = 2048  # the zip is far larger: refused with 413 before it is read
+    caplog.set_level(logging.INFO, logger="registry.inspector")
+    response = upload(api, "digits", artifacts["zip"])
+    assert response.status_code == 413, response.content
+    assert "inspector" not in caplog.text and inspector._spare is None
