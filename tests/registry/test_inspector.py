@@ -87,10 +87,12 @@ def test_a_small_upload_starts_no_inspector(api, registered, artifacts, settings
 
 
 @pytest.mark.django_db
-def test_a_body_over_the_artifact_limit_starts_no_inspector(api, registered, artifacts, settings, caplog) -> None:
+def test_a_body_over_the_artifact_limit_starts_no_inspector(api, registered, settings, caplog, tmp_path) -> None:
     settings.INSPECT_IN_SUBPROCESS_BYTES = 1024
-    settings.MAX_ARTIFACT_BYTES = 2048  # the zip is far larger: refused with 413 before it is read
+    settings.MAX_ARTIFACT_BYTES = 2048
+    big = tmp_path / "model.zip"
+    big.write_bytes(b"x" * (256 * 1024))  # announced as larger than any acceptable body: 413 before it is read
     caplog.set_level(logging.INFO, logger="registry.inspector")
-    response = upload(api, "digits", artifacts["zip"])
+    response = upload(api, "digits", big)
     assert response.status_code == 413, response.content
     assert "inspector" not in caplog.text and inspector._spare is None
