@@ -796,8 +796,8 @@ def retire(endpoint: RepositoryEndpoint, model_name: str, keep: set[int], *, del
     """Serve only `keep` (policy specific{keep}); labels must all point into `keep`.
 
     With delete_dirs, after `grace_s` seconds (in-flight requests finish on the old servables),
-    directories of versions older than max(keep) and not kept are deleted, unless the server
-    still reports them AVAILABLE.
+    the directories of versions not kept are deleted, unless the server still holds them
+    (see delete_unserved_dirs).
     """
     report = _Reporter(on_step)
     keep = {int(v) for v in keep}
