@@ -21,12 +21,13 @@ What it measures (targets: overhead <= 1 s, rollback <= 1 s, zero failed request
 * docker kind (releases.containers.promote_container), if --kind docker|both: release images built
   with images.build_image FROM the serving TEST HARNESS base image of tests/releases/
   container_fixtures.py (the host's Python + `serving` bind-mounted into a busybox image: a test
-  stand-in for the TF Serving image). The client sends to the endpoint's *active* target, which
-  the bench switches when promote_container returns (what the Endpoint service records).
+  stand-in for the TF Serving image). The client sends to a releases.router at one fixed address;
+  the bench rewrites the route file when promote_container returns (what the endpoint service
+  does), and the router sends the next RPC to the new container.
   - load: container start -> version AVAILABLE (boot of the server + model load: with the harness
     that is mostly importing TensorFlow in a fresh Python);
   - overhead = promote - load (engine checks, image lookup, container create/start, validation);
-  - rollback: rollback_container() (checks the kept container serves) + switching the target,
+  - rollback: rollback_container() (checks the kept container serves) + rewriting the route,
     until the client's first answer from the previous version.
 
 Exit status 1 when a target is missed.
@@ -55,6 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from releases import promotion_engine as engine  # noqa: E402
+from releases.router import serve, write_route  # noqa: E402
 from releases.tfserving import TFServingClient  # noqa: E402
 from tests.releases.traffic import Traffic  # noqa: E402
 
@@ -252,7 +254,12 @@ def bench_docker(rounds: int, work: Path) -> bool:
         first = containers.promote_container(client, version=1, image_ref=refs[0], samples=samples[0],
                                              **common)
         active = first
-        traffic = steady_traffic(active.grpc_target).start()
+        # The client sends to a router at one fixed address; each switch rewrites its route file,
+        # as the docker endpoint service does (releases/container_promotion.py).
+        route = work / "routes" / f"{endpoint}.json"
+        write_route(route, grpc_target=first.grpc_target)
+        router, router_handler = serve("127.0.0.1:0", route)
+        traffic = steady_traffic(f"127.0.0.1:{router.port}").start()
         time.sleep(0.5)
         rows: dict[str, list[float]] = {k: [] for k in (
             "promote (call -> client sees new version)", "load (start -> available)",
@@ -264,8 +271,8 @@ def bench_docker(rounds: int, work: Path) -> bool:
             result = containers.promote_container(
                 client, version=i, image_ref=refs[i - 1], samples=samples[i - 1], old=old, grace_s=0.5,
                 on_step=lambda step, _m: marks.setdefault(step, time.monotonic()), **common)
-            traffic.switch(result.grpc_target)  # the caller records the new target; retirement
-            # of the containers older than the previous one runs in the background after grace_s
+            write_route(route, grpc_target=result.grpc_target)  # the switch; retirement of the
+            # containers older than the previous one runs in the background after grace_s
             seen = traffic.first_seen(i, started)
             load = marks["available"] - marks["start"]
             rows["promote (call -> client sees new version)"].append(seen - started)
@@ -276,14 +283,17 @@ def bench_docker(rounds: int, work: Path) -> bool:
             target = containers.rollback_container(client, endpoint_name=endpoint,
                                                    container_id=result.previous_container_id,
                                                    model_name=MODEL)
-            traffic.switch(target.grpc_target)
+            write_route(route, grpc_target=target.grpc_target)
             seen = traffic.first_seen(target.version, started)
             rows["rollback (call -> client sees old)"].append(seen - started)
             time.sleep(0.3)
-            traffic.switch(result.grpc_target)  # roll forward again for the next round
+            write_route(route, grpc_target=result.grpc_target)  # roll forward again for the next round
             active = result
         traffic.stop()
-        print_table(f"docker kind: {rounds} promotions + rollbacks, harness containers (host network)",
+        router.stop(grace=None)
+        router_handler.close()
+        print_table(f"docker kind: {rounds} promotions + rollbacks, harness containers (host network), "
+                    "client through releases.router",
                     rows, traffic, ["load here = container boot (Python + TensorFlow import in a fresh "
                                     "process) + model load"])
         return met(rows, traffic)

@@ -190,6 +190,8 @@ IMAGE_SOURCE_URL = env_str("MODELYARD_IMAGE_SOURCE_URL", "")
 
 # --- Promotion -------------------------------------------------------------------------------
 PROMOTION_DEADLINE = env_int("MODELYARD_PROMOTION_DEADLINE", 120, minimum=1)  # seconds, loading included
+# docker endpoints: the route file each switch rewrites, read by `manage.py route_endpoint`.
+ROUTES_DIR = Path(env_str("MODELYARD_ROUTES_DIR", str(VAR_DIR / "routes")))
 PROMOTION_RPC_TIMEOUT = env_int("MODELYARD_PROMOTION_RPC_TIMEOUT", 10, minimum=1)
 
 LOGGING = {

@@ -1,9 +1,12 @@
 """The Django side of promoting to a ``docker`` endpoint: run the release's image beside the
-current container, validate it, then record it as the endpoint's active container (the
-"traffic switch": clients resolve the endpoint's gRPC target from here) and keep the previous
-one running for rollback. The container work is ``releases.containers``."""
+current container, validate it, then switch traffic to it and keep the previous one running for
+rollback. The switch records the container as the endpoint's active one (its gRPC target is in
+the API) and rewrites the endpoint's route file, which ``releases.router`` follows per RPC, so
+clients of the router's fixed address move without an error. The container work is
+``releases.containers``."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -11,6 +14,7 @@ from django.conf import settings
 from registry.errors import RegistryError
 from releases import containers
 from releases.models import Endpoint, Promotion, Release
+from releases.router import write_route
 
 
 def docker_client(endpoint: Endpoint) -> Any:
@@ -54,8 +58,6 @@ def _mounts(profile: dict[str, Any]) -> list[Any]:
 
 def endpoint_lock(endpoint: Endpoint) -> Any:
     """One promotion at a time per docker endpoint (model repositories lock their own directory)."""
-    from pathlib import Path
-
     from releases.promotion_engine import file_lock
 
     locks = Path(settings.VAR_DIR) / "locks"
@@ -85,9 +87,8 @@ def _promote(release: Release, promotion: Promotion, samples: dict[str, Any], on
         gpu=bool(profile.get("gpu")), release_id=release.pk, mounts=_mounts(profile),
         environment=profile.get("environment") or None)
     previous_version = int(old.labels.get("io.modelyard.version")) if old is not None else None
-    Endpoint.objects.filter(pk=endpoint.pk).update(
-        active_container_id=result.new_container_id, previous_container_id=old.id if old is not None else "",
-        grpc_target=result.grpc_target, rest_url=result.rest_url)
+    _switch(endpoint, active=result.new_container_id, previous=old.id if old is not None else "",
+            grpc_target=result.grpc_target, rest_url=result.rest_url, version=release.version.number)
     keep = {result.new_container_id} | ({old.id} if old is not None else set())
     containers.retire_containers(client, endpoint.name, keep)
     return previous_version
@@ -103,6 +104,19 @@ def _rollback(promotion: Promotion) -> None:
     client = docker_client(endpoint)
     target = containers.rollback_container(client, endpoint_name=endpoint.name,
                                            container_id=endpoint.previous_container_id)
-    Endpoint.objects.filter(pk=endpoint.pk).update(
-        active_container_id=endpoint.previous_container_id, previous_container_id=endpoint.active_container_id,
-        grpc_target=target.grpc_target, rest_url=target.rest_url)
+    _switch(endpoint, active=endpoint.previous_container_id, previous=endpoint.active_container_id,
+            grpc_target=target.grpc_target, rest_url=target.rest_url, version=target.version)
+
+
+def route_path(endpoint_name: str) -> Path:
+    return Path(settings.ROUTES_DIR) / f"{endpoint_name}.json"
+
+
+def _switch(endpoint: Endpoint, *, active: str, previous: str, grpc_target: str, rest_url: str,
+            version: int | None) -> None:
+    """The traffic switch: the route file first (the router follows it from its next RPC), then
+    the endpoint row the API shows."""
+    write_route(route_path(endpoint.name), grpc_target=grpc_target, rest_url=rest_url, container_id=active,
+                version=version)
+    Endpoint.objects.filter(pk=endpoint.pk).update(active_container_id=active, previous_container_id=previous,
+                                                   grpc_target=grpc_target, rest_url=rest_url)

@@ -22,6 +22,7 @@ def storage_root(settings, tmp_path_factory) -> Iterator[Path]:  # type: ignore[
     settings.STORAGE_ROOT = root
     settings.FILE_UPLOAD_TEMP_DIR = str(root / "tmp")
     (root / "tmp").mkdir()
+    settings.ROUTES_DIR = tmp_path_factory.mktemp("routes")  # docker endpoints' route files
     from django.core.files.storage import storages
 
     settings.STORAGES = {**settings.STORAGES, "artifacts": {

@@ -7,17 +7,22 @@ runs our `serving` module with the host's Python bind-mounted read-only, standin
 Serving GPU image that production uses. Everything else is the product path."""
 from __future__ import annotations
 
+import json
 import random
+import time
 import uuid
 
 import numpy as np
 import pytest
 from django.db import connection  # noqa: F401
 
+from releases.container_promotion import route_path
 from releases.containers import LABEL_ENDPOINT, port_free
 from releases.models import Endpoint, Environment, Release
+from releases.router import serve
 from releases.tfserving import TFServingClient
 from tests.releases.container_fixtures import docker_client, harness_base, harness_mounts  # noqa: F401
+from tests.releases.traffic import Traffic
 
 pytestmark = pytest.mark.docker
 
@@ -70,6 +75,10 @@ def served(endpoint: Endpoint) -> int:
     return version
 
 
+def route_of(endpoint: Endpoint) -> dict:
+    return json.loads(route_path(endpoint.name).read_text())
+
+
 @pytest.mark.django_db
 def test_release_runs_as_a_container_verified_and_rolled_back(api, bob_api, versions, docker_endpoint,
                                                               docker_client, django_capture_on_commit_callbacks):
@@ -78,17 +87,33 @@ def test_release_runs_as_a_container_verified_and_rolled_back(api, bob_api, vers
     v1_container = docker_endpoint.active_container_id
     labels = docker_client.containers.get(v1_container).labels
     assert labels["io.modelyard.release"] == str(first.pk) and labels["io.modelyard.version"] == "1"
+    assert route_of(docker_endpoint) == {"grpc_target": docker_endpoint.grpc_target, "rest_url": docker_endpoint.rest_url,
+                                         "container_id": v1_container, "version": 1}
 
-    second = ship(api, bob_api, 2, django_capture_on_commit_callbacks, override="smaller wins")
-    assert served(docker_endpoint) == 2
-    assert docker_endpoint.previous_container_id == v1_container
-    assert docker_client.containers.get(v1_container).status == "running"  # kept for rollback
+    # Clients of the router's one fixed address follow the switch and the rollback, error-free.
+    router, handler = serve("127.0.0.1:0", route_path(docker_endpoint.name))
+    x = np.ones((1, 8), np.float32)
+    try:
+        with Traffic(f"127.0.0.1:{router.port}", "digits", x, input_name="features") as traffic:
+            second = ship(api, bob_api, 2, django_capture_on_commit_callbacks, override="smaller wins")
+            assert served(docker_endpoint) == 2
+            v2_container = docker_endpoint.active_container_id
+            assert docker_endpoint.previous_container_id == v1_container
+            assert docker_client.containers.get(v1_container).status == "running"  # kept for rollback
+            traffic.first_seen(2, after=0, timeout=10)
+            rolled = api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "bad canary"}, format="json")
+            switched_back = time.monotonic()
+            traffic.first_seen(1, after=switched_back, timeout=10)
+    finally:
+        router.stop(grace=None)
+        handler.close()
+    assert traffic.failures() == [] and len(traffic.log) > 20
+    served_versions = [version for _, version, _ in traffic.log]
+    assert [b for a, b in zip(served_versions, served_versions[1:]) if a != b] == [2, 1]
+
     first.refresh_from_db()
-    assert first.state == "superseded"
-
-    rolled = api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "bad canary"}, format="json")
+    assert first.state == "live"  # superseded by v2, live again after the rollback
     assert rolled.status_code == 200 and rolled.json()["state"] == "rolled_back"
     assert served(docker_endpoint) == 1
-    assert docker_endpoint.active_container_id == v1_container
-    first.refresh_from_db()
-    assert first.state == "live"
+    assert (docker_endpoint.active_container_id, docker_endpoint.previous_container_id) == (v1_container, v2_container)
+    assert route_of(docker_endpoint)["container_id"] == v1_container and route_of(docker_endpoint)["version"] == 1

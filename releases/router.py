@@ -1,0 +1,153 @@
+"""A gRPC router in front of a ``docker`` endpoint: one stable address, the active container behind it.
+
+A docker endpoint's containers run side by side on different ports, so "switching traffic" needs
+something at a fixed address that follows the switch. A TCP proxy would not do: gRPC keeps one
+HTTP/2 connection open for good, so a client would stay on the old container until it stopped.
+This router forwards *each RPC* (as raw bytes, any unary method: Predict, GetModelMetadata,
+Classify, Regress, GetModelStatus, ...) to the target named in a small JSON file that the
+promotion service rewrites atomically on every switch and rollback. The next RPC after the rename
+goes to the new container; RPCs already in flight finish where they started, so a client sees no
+error across the switch.
+
+Django-free. Run it with ``python manage.py route_endpoint <endpoint> --listen HOST:PORT`` (the
+file is ``$MODELYARD_ROUTES_DIR/<endpoint>.json``), or ``python -m releases.router --listen
+HOST:PORT --target-file PATH``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+def write_route(path: Path, *, grpc_target: str, **details: Any) -> None:
+    """Point the router at ``grpc_target`` (atomic: a router reads the old file or the new one)."""
+    from releases.promotion_engine import write_text_atomically
+
+    write_text_atomically(Path(path), json.dumps({"grpc_target": grpc_target, **details}, sort_keys=True))
+
+
+class RouteFile:
+    """The current target, re-read only when the file changes (a stat per RPC)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._key: tuple[int, int, int] | None = None
+        self._target: str | None = None
+        self._lock = threading.Lock()
+
+    def target(self) -> str | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if key != self._key:
+                try:
+                    self._target = str(json.loads(self.path.read_text(encoding="utf-8"))["grpc_target"])
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    log.error("route file %s is unreadable (%s); keeping %s", self.path, exc, self._target)
+                    return self._target
+                self._key = key
+            return self._target
+
+
+class Router(grpc.GenericRpcHandler):
+    """Forwards every unary RPC, undecoded, to ``route.target()``."""
+
+    def __init__(self, route: RouteFile) -> None:
+        self.route = route
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def _channel(self, target: str) -> grpc.Channel:
+        with self._lock:
+            if target not in self._channels:
+                self._channels[target] = grpc.insecure_channel(target, options=[
+                    ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+            return self._channels[target]
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+
+        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+            target = self.route.target()
+            if target is None:
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              f"No active container for this endpoint yet ({self.route.path} is missing)")
+            call = self._channel(target).unary_unary(method)  # no (de)serializers: bytes in, bytes out
+            try:
+                return call(request, timeout=_timeout(context), metadata=_forwardable(context))
+            except grpc.RpcError as exc:  # the container's own answer (NOT_FOUND, INVALID_ARGUMENT...)
+                context.abort(exc.code(), exc.details() or f"{target}: {exc.code().name}")
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+
+def _timeout(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline, passed on. Without one, gRPC reports an "infinite" remaining time
+    that would overflow as a timeout: pass none then."""
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < 365 * 24 * 3600 else None
+
+
+def _forwardable(context: grpc.ServicerContext) -> list[tuple[str, Any]]:
+    """The caller's own metadata; transport headers belong to each hop."""
+    return [(k, v) for k, v in context.invocation_metadata() or ()
+            if not k.startswith((":", "grpc-")) and k not in ("user-agent", "te", "content-type")]
+
+
+def serve(listen: str, route_file: Path, *, max_workers: int = 32) -> tuple[grpc.Server, Router]:
+    """Start a router on ``listen`` (host:port; port 0 picks one, see ``server.port``)."""
+    router = Router(RouteFile(route_file))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), handlers=[router],
+                         options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    server.start()
+    server.port = port  # type: ignore[attr-defined]
+    log.info("router on %s:%s follows %s", listen.rsplit(":", 1)[0], port, route_file)
+    return server, router
+
+
+def run_forever(listen: str, route_file: Path) -> None:
+    server, router = serve(listen, route_file)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()  # GOAWAY, let in-flight RPCs finish
+    router.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--listen", required=True, help="host:port to accept gRPC on")
+    parser.add_argument("--target-file", required=True, type=Path, help="the endpoint's route file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_forever(args.listen, args.target_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The gRPC router of docker endpoints (releases/router.py) in front of two real `python -m
+serving` processes: per-RPC forwarding, a switch under steady traffic, errors passed through."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from releases import promotion_engine as engine
+from releases.router import serve, write_route
+from releases.tfserving import TFServingClient
+from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
+from tests.releases.serving_fixtures import LiveServer, Models
+from tests.releases.traffic import Traffic
+
+MODEL = "routed"
+
+
+@pytest.fixture(scope="module")
+def backends(launch_server, tiny_models: Models) -> tuple[LiveServer, LiveServer]:
+    """Two servers standing in for the old and the new container: v1 on one, v2 on the other."""
+    old, new = launch_server(0), launch_server(0)
+    for server, version, source in ((old, 1, "a"), (new, 2, "b")):
+        engine.promote(server.endpoint, model_name=MODEL, version=version, saved_model_src=tiny_models[source],
+                       samples=tiny_models.samples[source], deadline_s=60)
+    return old, new
+
+
+@pytest.fixture
+def router(tmp_path: Path):  # type: ignore[no-untyped-def]
+    route = tmp_path / "routes" / "gpu-1.json"
+    server, handler = serve("127.0.0.1:0", route)
+    yield f"127.0.0.1:{server.port}", route
+    server.stop(grace=None)
+    handler.close()
+
+
+def x_of(models: Models) -> np.ndarray:
+    return np.asarray(models.samples["a"]["inputs"], np.float32)
+
+
+def test_each_rpc_follows_the_route_file_and_a_switch_drops_no_request(backends, router, tiny_models) -> None:
+    old, new = backends
+    address, route = router
+    write_route(route, grpc_target=old.client.grpc_target, container_id="old", version=1)
+
+    with Traffic(address, MODEL, x_of(tiny_models)) as traffic:
+        time.sleep(0.3)
+        switched = time.monotonic()
+        write_route(route, grpc_target=new.client.grpc_target, container_id="new", version=2)
+        traffic.first_seen(2, after=switched, timeout=10)
+        time.sleep(0.3)
+        back = time.monotonic()
+        write_route(route, grpc_target=old.client.grpc_target, container_id="old", version=1)  # a rollback
+        traffic.first_seen(1, after=back, timeout=10)
+        time.sleep(0.2)
+
+    assert traffic.failures() == []
+    served = [version for _, version, _ in traffic.log]
+    # one client, one channel to the router: 1 ... 1, 2 ... 2, 1 ... 1 - each switch happens once
+    changes = [b for a, b in zip(served, served[1:]) if a != b]
+    assert changes == [2, 1], changes
+    assert len(traffic.log) > 30
+
+
+def test_answers_and_errors_are_the_backends_own(backends, router, tiny_models) -> None:
+    old, _ = backends
+    address, route = router
+    write_route(route, grpc_target=old.client.grpc_target)
+    with grpc.insecure_channel(address) as via, grpc.insecure_channel(old.client.grpc_target) as direct:
+        stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in (via, direct)]
+        metadata = [s.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec={"name": MODEL}, metadata_field=["signature_def"])) for s in stubs]
+        assert metadata[0] == metadata[1]
+        errors = []
+        for stub in stubs:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(predict_pb2.PredictRequest(model_spec={"name": "no-such-model"}), timeout=5)
+            errors.append((info.value.code(), info.value.details()))
+        assert errors[0] == errors[1] and errors[0][0] == grpc.StatusCode.NOT_FOUND
+    with TFServingClient(address, timeout=5) as client:
+        outputs, version = client.predict(MODEL, {"x": x_of(tiny_models)}, label="stable")
+    assert version == 1
+    np.testing.assert_allclose(outputs["y"], tiny_models.samples["a"]["outputs"], rtol=1e-5, atol=1e-6)
+
+
+def test_no_route_yet_is_unavailable_and_a_broken_file_keeps_the_last_target(backends, router, tiny_models) -> None:
+    old, _ = backends
+    address, route = router
+    with grpc.insecure_channel(address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(predict_pb2.PredictRequest(model_spec={"name": MODEL}), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "No active container" in info.value.details()
+
+    write_route(route, grpc_target=old.client.grpc_target)
+    with TFServingClient(address, timeout=5) as client:
+        assert client.predict(MODEL, {"x": x_of(tiny_models)})[1] == 1
+        route.write_text("{not json")  # e.g. an operator's edit gone wrong
+        assert client.predict(MODEL, {"x": x_of(tiny_models)})[1] == 1
+
+
+@pytest.mark.django_db
+def test_route_endpoint_command_refuses_unknown_and_repository_endpoints() -> None:
+    from django.core.management import CommandError, call_command
+
+    from releases.models import Endpoint, Environment
+
+    with pytest.raises(CommandError, match="No endpoint named 'nope'"):
+        call_command("route_endpoint", "nope", "--listen", "127.0.0.1:0")
+    Endpoint.objects.create(name="repo", environment=Environment.objects.get(name="staging"),
+                            kind="model_repository", grpc_target="127.0.0.1:1")
+    with pytest.raises(CommandError, match="only docker endpoints need a router"):
+        call_command("route_endpoint", "repo", "--listen", "127.0.0.1:0")
