@@ -31,6 +31,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from releases.router import serve, write_route  # noqa: E402
 
 
 class MLP(tf.Module):
@@ -128,15 +130,29 @@ def run_all(model_dir: Path, grpc_port: int, rest_port: int, x1: np.ndarray, x32
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
-    def grpc_call(x: np.ndarray) -> Callable[[], np.ndarray]:
+    def grpc_call(x: np.ndarray, via=stub) -> Callable[[], np.ndarray]:  # type: ignore[no-untyped-def]
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "mlp"
         request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
-        return lambda: tf.make_ndarray(stub.Predict(request, timeout=30).outputs["probs"])
+        return lambda: tf.make_ndarray(via.Predict(request, timeout=30).outputs["probs"])
 
     results["gRPC Predict"] = summarize(measure(grpc_call(x1), count),
                                         measure(grpc_call(x32), count))
     check = np.allclose(grpc_call(x32)(), in_process["b32"](), rtol=1e-5)
+
+    # The same through releases.router (a docker endpoint's fixed address): the cost of the hop.
+    with tempfile.TemporaryDirectory() as routes:
+        route = Path(routes) / "bench.json"
+        write_route(route, grpc_target=f"127.0.0.1:{grpc_port}")
+        router, handler = serve("127.0.0.1:0", route)
+        routed_channel = grpc.insecure_channel(f"127.0.0.1:{router.port}")
+        routed = prediction_service_pb2_grpc.PredictionServiceStub(routed_channel)
+        results["gRPC via router"] = summarize(measure(grpc_call(x1, routed), count),
+                                               measure(grpc_call(x32, routed), count))
+        check = check and np.allclose(grpc_call(x32, routed)(), in_process["b32"](), rtol=1e-5)
+        routed_channel.close()
+        router.stop(grace=None)
+        handler.close()
 
     session = requests.Session()
     url = f"http://127.0.0.1:{rest_port}/v1/models/mlp:predict"
