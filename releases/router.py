@@ -7,7 +7,8 @@ This router forwards *each RPC* (as raw bytes, any unary method: Predict, GetMod
 Classify, Regress, GetModelStatus, ...) to the target named in a small JSON file that the
 promotion service rewrites atomically on every switch and rollback. The next RPC after the rename
 goes to the new container; RPCs already in flight finish where they started, so a client sees no
-error across the switch.
+error across the switch. Optionally it also forwards TF Serving's REST API, request by request,
+to the route's ``rest_url``.
 
 Django-free. Run it with ``python manage.py route_endpoint <endpoint> --listen HOST:PORT`` (the
 file is ``$MODELYARD_ROUTES_DIR/<endpoint>.json``), or ``python -m releases.router --listen
@@ -16,6 +17,7 @@ HOST:PORT --target-file PATH``.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import logging
 import os
@@ -23,8 +25,10 @@ import signal
 import sys
 import threading
 from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -39,15 +43,16 @@ def write_route(path: Path, *, grpc_target: str, **details: Any) -> None:
 
 
 class RouteFile:
-    """The current target, re-read only when the file changes (a stat per RPC)."""
+    """The current route (``grpc_target``, ``rest_url``, ...), re-read only when the file changes
+    (a stat per call)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._key: tuple[int, int, int] | None = None
-        self._target: str | None = None
+        self._route: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
-    def target(self) -> str | None:
+    def route(self) -> dict[str, Any] | None:
         try:
             stat = os.stat(self.path)
         except FileNotFoundError:
@@ -56,12 +61,21 @@ class RouteFile:
         with self._lock:
             if key != self._key:
                 try:
-                    self._target = str(json.loads(self.path.read_text(encoding="utf-8"))["grpc_target"])
+                    route = json.loads(self.path.read_text(encoding="utf-8"))
+                    str(route["grpc_target"])
                 except (OSError, ValueError, KeyError, TypeError) as exc:
-                    log.error("route file %s is unreadable (%s); keeping %s", self.path, exc, self._target)
-                    return self._target
-                self._key = key
-            return self._target
+                    log.error("route file %s is unreadable (%s); keeping %s", self.path, exc, self._route)
+                    return self._route
+                self._route, self._key = route, key
+            return self._route
+
+    def target(self) -> str | None:
+        route = self.route()
+        return str(route["grpc_target"]) if route else None
+
+    def rest_url(self) -> str | None:
+        route = self.route()
+        return str(route["rest_url"]) if route and route.get("rest_url") else None
 
 
 class Router(grpc.GenericRpcHandler):
@@ -129,12 +143,73 @@ def serve(listen: str, route_file: Path, *, max_workers: int = 32) -> tuple[grpc
     return server, router
 
 
-def run_forever(listen: str, route_file: Path) -> None:
+# --- REST -----------------------------------------------------------------------------------------
+
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+               "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+class _RestHandler(BaseHTTPRequestHandler):
+    """Forwards one HTTP request (TF Serving's REST API) to the route's ``rest_url``."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive towards the client
+    route: RouteFile  # set on the subclass serve_rest() makes
+
+    def _forward(self) -> None:
+        base = self.route.rest_url()
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if base is None:
+            return self._reply(503, b'{"error": "No active container for this endpoint yet"}',
+                               [("Content-Type", "application/json")])
+        url = urlsplit(base)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
+        try:
+            connection.request(self.command, self.path, body=body or None, headers=headers)
+            answer = connection.getresponse()
+            payload = answer.read()
+            self._reply(answer.status, payload,
+                        [(k, v) for k, v in answer.getheaders() if k.lower() not in _HOP_BY_HOP])
+        except OSError as exc:
+            self._reply(502, json.dumps({"error": f"{base} did not answer: {exc}"}).encode(),
+                        [("Content-Type", "application/json")])
+        finally:
+            connection.close()
+
+    def _reply(self, status: int, payload: bytes, headers: list[tuple[str, str]]) -> None:
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.debug("rest %s", format % args)
+
+
+def serve_rest(listen: str, route_file: Path) -> ThreadingHTTPServer:
+    """Start the REST side on ``listen`` in a daemon thread (``server.server_port`` is the port)."""
+    host, port = listen.rsplit(":", 1)
+    handler = type("RestHandler", (_RestHandler,), {"route": RouteFile(route_file)})
+    server = ThreadingHTTPServer((host, int(port)), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="rest-router", daemon=True).start()
+    log.info("REST router on %s:%s follows %s", host, server.server_port, route_file)
+    return server
+
+
+def run_forever(listen: str, route_file: Path, rest_listen: str | None = None) -> None:
     server, router = serve(listen, route_file)
+    rest = serve_rest(rest_listen, route_file) if rest_listen else None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    if rest is not None:
+        rest.shutdown()
     server.stop(grace=5).wait()  # GOAWAY, let in-flight RPCs finish
     router.close()
 
@@ -142,10 +217,11 @@ def run_forever(listen: str, route_file: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", required=True, help="host:port to accept gRPC on")
+    parser.add_argument("--rest-listen", help="host:port to accept TF Serving's REST API on (optional)")
     parser.add_argument("--target-file", required=True, type=Path, help="the endpoint's route file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run_forever(args.listen, args.target_file)
+    run_forever(args.listen, args.target_file, args.rest_listen)
     return 0
 
 

@@ -116,3 +116,37 @@ def test_route_endpoint_command_refuses_unknown_and_repository_endpoints() -> No
                             kind="model_repository", grpc_target="127.0.0.1:1")
     with pytest.raises(CommandError, match="only docker endpoints need a router"):
         call_command("route_endpoint", "repo", "--listen", "127.0.0.1:0")
+
+
+def test_rest_requests_follow_the_route_too(backends, tmp_path, tiny_models) -> None:
+    import requests
+
+    from releases.router import serve_rest
+
+    old, new = backends
+    route = tmp_path / "gpu-1.json"
+    rest = serve_rest("127.0.0.1:0", route)
+    base = f"http://127.0.0.1:{rest.server_port}"
+    try:
+        with requests.Session() as session:
+            missing = session.get(f"{base}/v1/models/{MODEL}", timeout=10)
+            assert missing.status_code == 503 and "No active container" in missing.json()["error"]
+
+            for server, source in ((old, "a"), (new, "b")):  # each answers with its own model
+                rest_url = f"http://127.0.0.1:{server.rest_port}"
+                write_route(route, grpc_target=server.client.grpc_target, rest_url=rest_url)
+                status = session.get(f"{base}/v1/models/{MODEL}", timeout=10)
+                assert status.status_code == 200
+                assert status.json() == requests.get(f"{rest_url}/v1/models/{MODEL}", timeout=10).json()
+                body = {"instances": tiny_models.samples["a"]["inputs"]}
+                predicted = session.post(f"{base}/v1/models/{MODEL}/labels/stable:predict", json=body, timeout=10)
+                assert predicted.status_code == 200, predicted.text
+                np.testing.assert_allclose(predicted.json()["predictions"],
+                                           tiny_models.samples[source]["outputs"], rtol=1e-5, atol=1e-6)
+
+            unknown = session.get(f"{base}/v1/models/no-such-model", timeout=10)
+            direct = requests.get(f"http://127.0.0.1:{new.rest_port}/v1/models/no-such-model", timeout=10)
+            assert (unknown.status_code, unknown.json()) == (direct.status_code, direct.json()) and direct.status_code == 404
+    finally:
+        rest.shutdown()
+        rest.server_close()

@@ -18,8 +18,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("endpoint", help="name of a docker endpoint")
         parser.add_argument("--listen", default="0.0.0.0:8500", help="host:port to accept gRPC on")
+        parser.add_argument("--rest-listen", default=None,
+                            help="host:port to accept TF Serving's REST API on (e.g. 0.0.0.0:8501)")
 
-    def handle(self, *args: Any, endpoint: str, listen: str, **options: Any) -> None:
+    def handle(self, *args: Any, endpoint: str, listen: str, rest_listen: str | None = None,
+               **options: Any) -> None:
         found = Endpoint.objects.filter(name=endpoint).first()
         if found is None:
             raise CommandError(f"No endpoint named {endpoint!r}.")
@@ -27,5 +30,6 @@ class Command(BaseCommand):
             raise CommandError(f"Endpoint {endpoint!r} is a {found.kind} endpoint: its server already has a "
                                "fixed address; only docker endpoints need a router.")
         path = route_path(found.name)
-        self.stdout.write(f"routing {listen} -> the active container of {found.name} (route file {path})")
-        run_forever(listen, path)
+        rest = f" and REST {rest_listen}" if rest_listen else ""
+        self.stdout.write(f"routing gRPC {listen}{rest} -> the active container of {found.name} (route file {path})")
+        run_forever(listen, path, rest_listen)
