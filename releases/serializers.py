@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from registry.models import AuditEvent
 from registry.serializers import AuditEventOutput
+from releases.container_promotion import route_path
 from releases.models import Approval, Environment, Release
 
 
@@ -127,7 +128,12 @@ class EndpointOutput(serializers.Serializer):
     repository_path = serializers.CharField()
     serving_profile = serializers.JSONField()
     active_container_id = serializers.CharField()
+    route_file = serializers.SerializerMethodField(
+        help_text="docker endpoints: the file `manage.py route_endpoint` follows (null for other kinds)")
     reachable = serializers.BooleanField(allow_null=True)
     health = serializers.JSONField()
     health_error = serializers.CharField()
     health_checked_at = serializers.DateTimeField(allow_null=True)
+
+    def get_route_file(self, obj: Any) -> str | None:
+        return str(route_path(obj.name)) if obj.kind == "docker" else None

@@ -87,6 +87,8 @@ def test_release_runs_as_a_container_verified_and_rolled_back(api, bob_api, vers
     v1_container = docker_endpoint.active_container_id
     labels = docker_client.containers.get(v1_container).labels
     assert labels["io.modelyard.release"] == str(first.pk) and labels["io.modelyard.version"] == "1"
+    detail = api.get(f"/api/v1/endpoints/{docker_endpoint.name}/").json()
+    assert detail["route_file"] == str(route_path(docker_endpoint.name))
     assert route_of(docker_endpoint) == {"grpc_target": docker_endpoint.grpc_target, "rest_url": docker_endpoint.rest_url,
                                          "container_id": v1_container, "version": 1}
 

@@ -88,7 +88,7 @@ def test_promote_then_promote_again_then_roll_back(api, ready, immediate, django
     assert Promotion.objects.get(release=second).previous_version == 1
 
     health = api.get(f"/api/v1/endpoints/{ready['endpoint'].name}/?refresh=1").json()
-    assert health["reachable"] is True
+    assert health["reachable"] is True and health["route_file"] is None  # a repository endpoint needs no router
     assert health["health"][name]["labels"]["stable"] == 2
     assert health["health"][name]["versions"] == {"1": "AVAILABLE", "2": "AVAILABLE"}
 
