@@ -11,8 +11,9 @@ from django.utils.html import format_html
 
 from optimization import services
 from optimization.models import OptimizationJob, VersionMetrics
-from registry.admin import ReadOnlyAdmin
+from registry.admin import ModelVersionAdmin, ReadOnlyAdmin
 from registry.errors import RegistryError
+from registry.models import ModelVersion
 
 
 @admin.register(OptimizationJob)
@@ -78,3 +79,27 @@ class VersionMetricsAdmin(ReadOnlyAdmin):
     @admin.display(description="Gzipped bytes")
     def gzipped(self, m: VersionMetrics) -> Any:
         return m.metrics.get("gzipped_bytes")
+
+
+# Versions get a "measure" action here rather than in registry/admin.py: the registry does not
+# depend on optimization, so this app extends the registry's version admin.
+admin.site.unregister(ModelVersion)
+
+
+@admin.register(ModelVersion)
+class MeasurableModelVersionAdmin(ModelVersionAdmin):
+    actions = [*(ModelVersionAdmin.actions or []), "measure_versions"]
+
+    @admin.action(description="Measure on the latest eval dataset (for release gates)")
+    def measure_versions(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        if not request.user.has_perm("optimization.add_optimizationjob"):
+            self.message_user(request, "Measuring needs permission to start optimization jobs.", messages.ERROR)
+            return
+        for version in queryset.select_related("model"):
+            try:
+                job = services.job_create(source=version, recipe={"technique": services.MEASURE},
+                                          actor=request.user)
+            except RegistryError as exc:
+                self.message_user(request, f"{version}: {exc.message}", messages.WARNING)
+            else:
+                self.message_user(request, f"{version}: measurement job {job.pk} queued.", messages.SUCCESS)
