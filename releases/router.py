@@ -157,7 +157,14 @@ class _RestHandler(BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         base = self.route.rest_url()
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length < 0:
+                raise ValueError(length)
+        except ValueError:
+            self.close_connection = True
+            return self._reply(400, b'{"error": "Invalid Content-Length header"}', [("Content-Type", "application/json")])
+        body = self.rfile.read(length)
         if base is None:
             return self._reply(503, b'{"error": "No active container for this endpoint yet"}',
                                [("Content-Type", "application/json")])

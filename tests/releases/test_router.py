@@ -119,6 +119,8 @@ def test_route_endpoint_command_refuses_unknown_and_repository_endpoints() -> No
 
 
 def test_rest_requests_follow_the_route_too(backends, tmp_path, tiny_models) -> None:
+    import http.client
+
     import requests
 
     from releases.router import serve_rest
@@ -143,6 +145,14 @@ def test_rest_requests_follow_the_route_too(backends, tmp_path, tiny_models) -> 
                 assert predicted.status_code == 200, predicted.text
                 np.testing.assert_allclose(predicted.json()["predictions"],
                                            tiny_models.samples[source]["outputs"], rtol=1e-5, atol=1e-6)
+
+            raw = http.client.HTTPConnection("127.0.0.1", rest.server_port, timeout=10)
+            raw.putrequest("POST", f"/v1/models/{MODEL}:predict")
+            raw.putheader("Content-Length", "-5")
+            raw.endheaders()
+            bad = raw.getresponse()
+            assert bad.status == 400 and b"Content-Length" in bad.read()
+            raw.close()
 
             unknown = session.get(f"{base}/v1/models/no-such-model", timeout=10)
             direct = requests.get(f"http://127.0.0.1:{new.rest_port}/v1/models/no-such-model", timeout=10)
