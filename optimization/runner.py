@@ -118,8 +118,7 @@ class JobRunner:
     def _parent_reference(self, source_path: Path, eval_arrays: Arrays) -> harness.ParentReference:
         """The source's own measurement on this eval set: computed once, then reused by every job."""
         job = self.job
-        if VersionMetrics.objects.filter(version=job.source, eval_dataset=job.eval_dataset).exclude(
-                outputs_sha256="").exists():
+        if reusable_metrics(job.source, job.eval_dataset) is not None:
             self.log("reusing the parent's metrics (measured once, stored)")
         else:
             self.progress(3, "measuring parent", f"Measuring {job.source} on {job.eval_dataset.name}")
@@ -241,12 +240,22 @@ class JobRunner:
         services.job_log(self.job.pk, line)
 
 
+def reusable_metrics(version: ModelVersion, eval_dataset: Dataset) -> VersionMetrics | None:
+    """The stored run of ``version`` on ``eval_dataset`` if this harness can reuse it: it kept its
+    outputs and was measured by the current harness (older ones are measured again)."""
+    stored = VersionMetrics.objects.filter(version=version, eval_dataset=eval_dataset).exclude(
+        outputs_sha256="").first()
+    if stored is None or stored.metrics.get("harness_version", 1) != harness.HARNESS_VERSION:
+        return None
+    return stored
+
+
 def measure_version(version: ModelVersion, eval_dataset: Dataset, *, model_path: Path, artifact_path: Path,
                     eval_arrays: Arrays, workdir: Path, latency_runs: int = 50) -> harness.ParentReference:
     """A version's own harness run on an eval dataset, stored once (metrics, samples, outputs) and
     reused afterwards by every job and release gate."""
-    stored = VersionMetrics.objects.filter(version=version, eval_dataset=eval_dataset).first()
-    if stored and stored.outputs_sha256:
+    stored = reusable_metrics(version, eval_dataset)
+    if stored is not None:
         return harness.ParentReference.load(registry.artifact_store().verify(stored.outputs_sha256))
     predictor = load_predictor(model_path, version.format)
     metrics, outputs = harness.measure(

@@ -354,15 +354,37 @@ def get_job(job_id: int | str) -> OptimizationJob:
 
 def metrics_store(*, version: ModelVersion, eval_dataset: Dataset, metrics: dict[str, Any],
                   samples: dict[str, Any], outputs_blob: Path | None) -> VersionMetrics:
-    """Store a version's own measurement (a parent's, computed once and reused)."""
+    """Store a version's own measurement (a parent's, computed once and reused).
+
+    A stored run from an older harness (a lower ``harness_version``) is replaced, with an audit
+    event; otherwise the stored run wins (a concurrent job measured it first) and this one's
+    outputs blob is dropped. Either way no blob is left that no row points at.
+    """
     sha = ""
     if outputs_blob is not None:
         staged = StagedFile.from_path(outputs_blob)
         registry.artifact_store().put(staged.path, staged.sha256)
         sha = staged.sha256
-    with transaction.atomic():
-        existing = VersionMetrics.objects.filter(version=version, eval_dataset=eval_dataset).first()
-        if existing:
+    unused = sha
+    try:
+        with transaction.atomic():
+            existing = (VersionMetrics.objects.select_for_update()
+                        .filter(version=version, eval_dataset=eval_dataset).first())
+            if existing is None:
+                unused = ""
+                return VersionMetrics.objects.create(version=version, eval_dataset=eval_dataset, reference=None,
+                                                     metrics=metrics, samples=samples, outputs_sha256=sha)
+            before = existing.metrics.get("harness_version", 1)
+            if before >= metrics.get("harness_version", 1):
+                return existing
+            unused = existing.outputs_sha256
+            existing.metrics, existing.samples, existing.outputs_sha256 = metrics, samples, sha
+            existing.save(update_fields=["metrics", "samples", "outputs_sha256"])
+            audit.record(actor=None, action="version_metrics.remeasure", obj=existing, model=version.model,
+                         version=version, before={"harness_version": before},
+                         after={"harness_version": metrics.get("harness_version")},
+                         comment=f"measured again on {eval_dataset.name}: the stored run used an older harness")
             return existing
-        return VersionMetrics.objects.create(version=version, eval_dataset=eval_dataset, reference=None,
-                                             metrics=metrics, samples=samples, outputs_sha256=sha)
+    finally:
+        if unused:  # ours when the stored run stays, the replaced run's otherwise
+            registry.discard_blob_if_unreferenced(unused)

@@ -339,3 +339,38 @@ def test_measure_takes_no_parameters(api, digits_model, recipe):
     assert response.status_code == 400, response.content
     assert "takes no parameters" in response.json()["error"]["message"]
     assert not OptimizationJob.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_run_stored_by_an_older_harness_is_measured_again_not_reused(
+        api, digits_model, immediate_tasks, django_capture_on_commit_callbacks, storage_root):
+    from optimization.metrics import HARNESS_VERSION
+
+    source, _ = digits_model
+    with django_capture_on_commit_callbacks(execute=True):
+        assert start(api, {"technique": "measure"}).status_code == 202
+    row = VersionMetrics.objects.get(version=source)
+    assert row.metrics["harness_version"] == HARNESS_VERSION
+    current_size = row.metrics["size_bytes"]
+    # What a harness-1 run looked like: no version key, size_bytes of the uploaded zip.
+    old = {k: v for k, v in row.metrics.items() if k not in ("harness_version", "artifact_bytes", "artifact_ratio")}
+    VersionMetrics.objects.filter(pk=row.pk).update(metrics={**old, "size_bytes": source.artifact_size})
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert start(api, {"technique": "ptq_dynamic"}).status_code == 202
+    job = OptimizationJob.objects.order_by("id").last()
+    assert job.status == "succeeded", (job.error, job.log)
+    assert "reusing" not in job.log
+    row.refresh_from_db()
+    assert VersionMetrics.objects.filter(version=source).count() == 1
+    assert row.metrics["harness_version"] == HARNESS_VERSION and row.metrics["size_bytes"] == current_size
+    event = AuditEvent.objects.get(action="version_metrics.remeasure")
+    assert (event.before, event.after) == ({"harness_version": 1}, {"harness_version": HARNESS_VERSION})
+    variant = VersionMetrics.objects.get(version=job.variant)
+    assert variant.metrics["size_ratio"] == pytest.approx(current_size / variant.metrics["size_bytes"])
+    # every blob on disk is one a row points at
+    referenced = {v.artifact_sha256 for v in ModelVersion.objects.all()} | {
+        m.outputs_sha256 for m in VersionMetrics.objects.all()}
+    from registry.models import Dataset
+    referenced |= {d.sha256 for d in Dataset.objects.all()}
+    assert {p.name for p in (storage_root / "blobs").rglob("*") if p.is_file()} == referenced
