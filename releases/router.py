@@ -62,8 +62,9 @@ class RouteFile:
             if key != self._key:
                 try:
                     route = json.loads(self.path.read_text(encoding="utf-8"))
-                    str(route["grpc_target"])
-                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    if not isinstance(route, dict) or not isinstance(route.get("grpc_target"), str):
+                        raise ValueError("no grpc_target")
+                except (OSError, ValueError) as exc:
                     log.error("route file %s is unreadable (%s); keeping %s", self.path, exc, self._route)
                     return self._route
                 self._route, self._key = route, key
