@@ -99,9 +99,10 @@ def write_zip(path: Path, members, extra=()) -> Path:  # type: ignore[no-untyped
     return path
 
 
-def write_tar(path: Path, members, extra=()) -> Path:  # type: ignore[no-untyped-def]
-    """A .tar.gz of ``members`` ((name, bytes)) then ``extra`` ((TarInfo, bytes | None))."""
-    with tarfile.open(path, "w:gz") as tf:
+def write_tar(path: Path, members, extra=(), codec: str = "gz", raw_trailer=()) -> Path:  # type: ignore[no-untyped-def]
+    """A tar (``codec``-compressed) of ``members`` ((name, bytes)) then ``extra`` ((TarInfo,
+    bytes | None)), then ``raw_trailer`` chunks written as they are into the compressed stream."""
+    with tarfile.open(path, f"w:{codec}") as tf:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -110,6 +111,8 @@ def write_tar(path: Path, members, extra=()) -> Path:  # type: ignore[no-untyped
             if data is not None:
                 info.size = len(data)
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
+        for chunk in raw_trailer:
+            tf.fileobj.write(chunk)
     return path
 
 
@@ -347,12 +350,7 @@ def test_zip_with_corrupt_member_data_is_refused(compression, api, snapshot, tmp
 @pytest.mark.parametrize("codec", ["gz", "bz2", "xz"])
 def test_tar_with_corrupt_compressed_stream_is_refused(codec, api, artifacts, snapshot, tmp_path):
     # The name says .tar.gz but "r:*" detects the real codec, so every codec must fail cleanly.
-    path = tmp_path / "model.tar.gz"
-    with tarfile.open(path, f"w:{codec}") as tf:
-        for name, data in saved_model_members(artifacts):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
+    path = write_tar(tmp_path / "model.tar.gz", saved_model_members(artifacts), codec=codec)
     flip_bytes(path, path.stat().st_size // 2)
     before = snapshot()
 
@@ -372,13 +370,7 @@ def test_tar_corruption_anywhere_in_the_compressed_stream_is_reported_as_corrupt
     rng = np.random.default_rng(7)
     members = [("saved_model.pb", rng.bytes(20_000)),
                ("variables/variables.data-00000-of-00001", rng.integers(0, 4, 150_000, dtype=np.uint8).tobytes())]
-    path = tmp_path / "model.tar"
-    with tarfile.open(path, f"w:{codec}") as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    pristine = path.read_bytes()
+    pristine = write_tar(tmp_path / "model.tar", members, codec=codec).read_bytes()
     positions = rng.integers(0, len(pristine) - 40, 40)
     for at in positions:
         damaged = tmp_path / "damaged.tar"
@@ -395,15 +387,9 @@ def test_tar_bomb_hidden_after_the_end_of_archive_marker_is_refused(api, artifac
     # Reading to the end of the stream (to check the CRC) must not itself unpack a bomb: 8 MiB of
     # zeros after the tar's end-of-archive blocks count against the same budget as the members.
     settings.MAX_COMPRESSION_RATIO = 10
-    path = tmp_path / "model.tar.gz"
-    with tarfile.open(path, "w:gz") as tf:
-        for name, data in saved_model_members(artifacts):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        tf.fileobj.write(b"\0" * 1024)  # the end-of-archive marker, written early...
-        for _ in range(8):
-            tf.fileobj.write(b"\0" * (1024 * 1024))  # ...then the bomb behind it
+    # the end-of-archive marker, written early, then the bomb behind it
+    trailer = [b"\0" * 1024] + [b"\0" * (1024 * 1024)] * 8
+    path = write_tar(tmp_path / "model.tar.gz", saved_model_members(artifacts), raw_trailer=trailer)
     before = snapshot()
 
     response = upload(api, "digits", path)
