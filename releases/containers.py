@@ -37,6 +37,7 @@ from typing import Any
 import docker
 import requests
 
+from . import images
 from .promotion_engine import (
     OnStep, PromotionFailed, Samples, _Reporter, check_answers, check_signature)
 from .tfserving import (
@@ -145,38 +146,12 @@ class ContainerPromotion:
 
 # --- engine helpers ----------------------------------------------------------------------------
 
-def engine_address(client: Any) -> str:
-    from .images import engine_address as address  # accepts DockerClient and APIClient
-
-    return address(client)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (requests.exceptions.ConnectionError, ConnectionError,
-                                FileNotFoundError)):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
 def _engine_error(client: Any, exc: BaseException, doing: str) -> ContainerError:
-    if _is_connection_error(exc) or "Error while fetching server API version" in str(exc):
-        return ContainerError(f"Docker engine unreachable at {engine_address(client)} while "
-                              f"{doing}: is dockerd running and its socket accessible?",
-                              retryable=True)
-    if isinstance(exc, docker.errors.APIError):
-        status = getattr(exc, "status_code", None) or 0
-        return ContainerError(f"Docker engine refused {doing}: {exc.explanation or exc}",
-                              retryable=status >= 500 and "could not select device driver"
-                              not in str(exc.explanation or exc))
-    return ContainerError(f"Docker error while {doing}: {exc}", retryable=True)
-
-
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+    # A host without the NVIDIA runtime answers 500 "could not select device driver": permanent.
+    return images.engine_error(client, exc, doing, ContainerError, permanent=("could not select device driver",))
 
 
 def free_port_pair(host: str = "0.0.0.0") -> tuple[int, int]:
@@ -378,7 +353,7 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
             old_target = target_of(old, host)
             if grpc_port in _ports(old_target) or rest_port in _ports(old_target):
                 raise PortInUse(f"Ports {grpc_port}/{rest_port} are the old container's")
-        report("check", f"engine {engine_address(client)} answers; image {image_ref}; ports "
+        report("check", f"engine {images.engine_address(client)} answers; image {image_ref}; ports "
                         f"{grpc_port}/{rest_port} free")
 
         state["step"] = "start"

@@ -50,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import docker
 import requests
@@ -584,17 +584,28 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
-def _engine_error(client: Any, exc: BaseException, doing: str) -> ImageBuildError:
+E = TypeVar("E", bound=Exception)
+
+
+def engine_error(client: Any, exc: BaseException, doing: str, error: Callable[..., E], *,
+                 permanent: tuple[str, ...] = ()) -> E:
+    """Translate a docker SDK failure into ``error(message, retryable=...)``: the engine being
+    unreachable and its 5xx answers are retryable, except 5xx whose text holds one of
+    ``permanent`` (e.g. no GPU driver: retrying will not help)."""
     if _is_connection_error(exc) or (isinstance(exc, docker.errors.DockerException)
                                      and "Error while fetching server API version" in str(exc)):
-        return ImageBuildError(f"Docker engine unreachable at {engine_address(client)} while "
-                               f"{doing}: is dockerd running and the socket accessible?",
-                               retryable=True)
+        return error(f"Docker engine unreachable at {engine_address(client)} while "
+                     f"{doing}: is dockerd running and its socket accessible?", retryable=True)
     if isinstance(exc, docker.errors.APIError):
         status = getattr(exc, "status_code", None) or 0
-        return ImageBuildError(f"Docker engine refused {doing}: {exc.explanation or exc}",
-                               retryable=status >= 500)
-    return ImageBuildError(f"Docker error while {doing}: {exc}", retryable=True)
+        text = str(exc.explanation or exc)
+        return error(f"Docker engine refused {doing}: {text}",
+                     retryable=status >= 500 and not any(p in text for p in permanent))
+    return error(f"Docker error while {doing}: {exc}", retryable=True)
+
+
+def _engine_error(client: Any, exc: BaseException, doing: str) -> ImageBuildError:
+    return engine_error(client, exc, doing, ImageBuildError)
 
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (\S+)")

@@ -27,6 +27,7 @@ import pytest
 
 from releases.promotion_engine import RepositoryEndpoint
 from releases.tfserving import TFServingClient
+from tests.serving.serving_contract import stop_process
 
 __all__ = ["Models", "LiveServer", "tiny_models", "launch_server", "model_server", "free_port",
            "STARTUP_TIMEOUT"]
@@ -144,13 +145,8 @@ class LiveServer:
 
     def stop(self) -> None:
         self.client.close()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
         if hasattr(self, "_log"):
             self._log.close()
 

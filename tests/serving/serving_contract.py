@@ -42,6 +42,17 @@ W = np.array([[1., 2.], [3., 4.], [5., 6.], [7., 8.]], dtype=np.float32)
 
 # --- models the tests build (once per session) -------------------------------------------
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM (the server drains), SIGKILL if it has not exited within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Toy(tf.Module):
     """`serving_default`: y = x @ (W * scale); `multi`: several dtypes in and out."""
 
@@ -165,13 +176,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         self.channel.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
     # -- small protocol helpers used across modules --
