@@ -193,6 +193,11 @@ PROMOTION_DEADLINE = env_int("MODELYARD_PROMOTION_DEADLINE", 120, minimum=1)  # 
 # docker endpoints: the route file each switch rewrites, read by `manage.py route_endpoint`.
 ROUTES_DIR = Path(env_str("MODELYARD_ROUTES_DIR", str(VAR_DIR / "routes")))
 PROMOTION_RPC_TIMEOUT = env_int("MODELYARD_PROMOTION_RPC_TIMEOUT", 10, minimum=1)
+# Operators own the filesystem: a model_repository endpoint's directory must lie under one of
+# these (symlinks resolved), never overlapping the storage root or the var dir (releases/endpoints.py).
+SERVING_ROOTS = env_list("MODELYARD_SERVING_ROOTS", [str(VAR_DIR / "serving")])
+# Docker engines a docker endpoint may name; an endpoint without docker_host uses DOCKER_HOST.
+DOCKER_HOSTS = env_list("MODELYARD_DOCKER_HOSTS", [DOCKER_HOST or "unix:///var/run/docker.sock"])
 
 LOGGING = {
     "version": 1,

@@ -162,14 +162,66 @@ class PromotionInline(admin.TabularInline):
         return False
 
 
+class EndpointForm(forms.ModelForm):
+    """Runs the service's checks (operator policy: roots, Docker hosts, profile schema) so a
+    refusal shows on its field instead of failing in save_model."""
+
+    class Meta:
+        model = Endpoint
+        fields = ["name", "environment", *[f for f in promotion.ENDPOINT_FIELDS if f != "environment"]]
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.errors:
+            return
+        candidate = Endpoint(pk=self.instance.pk, **{f: self.cleaned_data.get(f) for f in self.Meta.fields})
+        candidate.repository_path = candidate.repository_path or ""
+        candidate.config_path = candidate.config_path or ""
+        candidate.docker_host = candidate.docker_host or ""
+        try:
+            promotion.validate_endpoint(candidate)
+        except RegistryError as exc:
+            field = (exc.details or {}).get("field", "").split(".")[0].split("[")[0]
+            self.add_error(field if field in self.fields else None, exc.message)
+
+
 @admin.register(Endpoint)
 class EndpointAdmin(admin.ModelAdmin):
+    """Adding or changing an endpoint needs releases.operate_endpoints and goes through the same
+    services as the API (endpoint_create / endpoint_update)."""
+
+    form = EndpointForm
     list_display = ["name", "environment", "kind", "grpc_target", "reachable", "labels", "health_checked_at"]
     list_filter = ["environment", "kind", "reachable"]
     readonly_fields = ["reachable", "health_display", "health_error", "health_checked_at", "active_container_id",
                        "previous_container_id"]
     inlines = [PromotionInline]
     actions = ["check_health"]
+
+    def _operator(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("releases.operate_endpoints")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._operator(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._operator(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self._operator(request) and super().has_delete_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [*self.readonly_fields, "name"] if obj is not None else list(self.readonly_fields)
+
+    def save_model(self, request: HttpRequest, obj: Endpoint, form: Any, change: bool) -> None:
+        fields = {f: form.cleaned_data[f] for f in promotion.ENDPOINT_FIELDS if f in form.cleaned_data}
+        fields["environment"] = fields["environment"].name
+        if change:
+            saved = promotion.endpoint_update(actor=request.user, endpoint=obj, **fields)
+        else:
+            saved = promotion.endpoint_create(actor=request.user, name=form.cleaned_data["name"], **fields)
+        obj.pk = saved.pk
+        obj.refresh_from_db()
 
     @admin.display(description="Labels")
     def labels(self, endpoint: Endpoint) -> str:

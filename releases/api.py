@@ -118,16 +118,19 @@ ReleaseRollback = transition_view(promotion.release_rollback, CommentInput, take
 
 
 class EndpointList(generics.ListAPIView):
-    """Serving endpoints with their last recorded health. POST registers one."""
+    """Serving endpoints with their last recorded health. POST registers one: an operator action
+    (``releases.operate_endpoints``, checked by the service), not a model permission."""
 
     serializer_class = EndpointOutput
     queryset = Endpoint.objects.none()
+    permission_classes = [permissions.IsAuthenticated]
 
     def get_queryset(self) -> QuerySet[Endpoint]:
         return Endpoint.objects.select_related("environment")
 
     @extend_schema(request=EndpointInput, responses={201: EndpointOutput})
     def post(self, request: Request) -> Response:
+        promotion.require_operator(request.user)  # 403 before any validation detail
         serializer = EndpointInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         endpoint = promotion.endpoint_create(actor=request.user, **serializer.validated_data)

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from registry.errors import RegistryError
 from releases import containers
+from releases.endpoints import validate_docker_host, validate_profile
 from releases.models import Endpoint, Promotion, Release
 from releases.router import write_route
 
@@ -20,7 +21,8 @@ from releases.router import write_route
 def docker_client(endpoint: Endpoint) -> Any:
     import docker
 
-    base_url = endpoint.docker_host or settings.DOCKER_HOST
+    # Checked at every use: MODELYARD_DOCKER_HOSTS may have changed since the endpoint was registered.
+    base_url = validate_docker_host(endpoint.docker_host) or settings.DOCKER_HOST
     try:
         if base_url:
             return docker.DockerClient(base_url=base_url, timeout=settings.DOCKER_TIMEOUT)
@@ -77,7 +79,7 @@ def _promote(release: Release, promotion: Promotion, samples: dict[str, Any], on
                             "built first.", code="no_image")
     client = docker_client(endpoint)
     old = _container(client, endpoint.active_container_id)
-    profile = endpoint.serving_profile()
+    profile = {**endpoint.serving_profile(), **validate_profile(endpoint.profile)}  # mounts checked at use too
     from releases.promotion import tolerance_for
 
     result = containers.promote_container(

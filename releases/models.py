@@ -170,6 +170,9 @@ class Endpoint(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # Registering or changing an endpoint decides where Modelyard writes and deletes files and
+        # which Docker engine it drives: an operator's permission, not part of the release rights.
+        permissions = [("operate_endpoints", "Can register and change serving endpoints (operators)")]
 
     def __str__(self) -> str:
         return self.name

@@ -21,9 +21,9 @@ from optimization.models import VersionMetrics
 from registry import audit, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import ModelVersion
-from releases import promotion_engine as engine
+from releases import endpoints, promotion_engine as engine
 from releases.models import Endpoint, Promotion, Release
-from releases.services import S, InvalidTransition, transition, release_fail
+from releases.services import S, Forbidden, InvalidTransition, transition, release_fail
 from releases.tfserving import TFServingClient, TFServingError
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,9 @@ def samples_for(version: ModelVersion, model_path: Path) -> dict[str, Any]:
 
 
 def repository_endpoint(endpoint: Endpoint) -> engine.RepositoryEndpoint:
-    base = Path(endpoint.repository_path)
-    config = Path(endpoint.config_path) if endpoint.config_path else base / "models.config"
+    """The engine's view of a model_repository endpoint, its paths checked against the operator's
+    policy now (the settings may have changed since it was registered, or the row predates them)."""
+    base, config = _checked_paths(endpoint)
     return engine.RepositoryEndpoint(base_dir=base, config_path=config, client=client_for(endpoint))
 
 
@@ -90,35 +91,105 @@ def client_for(endpoint: Endpoint) -> TFServingClient:
                            timeout=settings.PROMOTION_RPC_TIMEOUT)
 
 
-@transaction.atomic
-def endpoint_create(*, actor: AbstractBaseUser, name: str, environment: str, kind: str, grpc_target: str = "",
-                    rest_url: str = "", repository_path: str = "", config_path: str = "", docker_host: str = "",
-                    grpc_port_base: int | None = None, profile: dict[str, Any] | None = None) -> Endpoint:
+# --- register and change endpoints (operators) --------------------------------------------------
+
+ENDPOINT_FIELDS = ("environment", "kind", "grpc_target", "rest_url", "repository_path", "config_path",
+                   "docker_host", "grpc_port_base", "profile")
+
+
+def require_operator(actor: AbstractBaseUser | None) -> None:
+    """Endpoints decide where Modelyard writes and deletes files: only operators may set them.
+    ``actor=None`` is a management command, run by whoever owns the installation."""
+    if actor is not None and not actor.has_perm("releases.operate_endpoints"):
+        raise Forbidden("Registering or changing an endpoint is an operator action: it needs the "
+                        "releases.operate_endpoints permission.")
+
+
+def _checked_paths(endpoint: Endpoint) -> tuple[Path, Path]:
+    others = Endpoint.objects.filter(kind=Endpoint.Kind.MODEL_REPOSITORY).exclude(pk=endpoint.pk)
+    return endpoints.validate_repository(endpoint.repository_path, endpoint.config_path,
+                                         other_repositories=others.values_list("repository_path", flat=True))
+
+
+def validate_endpoint(endpoint: Endpoint) -> None:
+    """Check every field of an unsaved endpoint against the model and the operator's policy;
+    store the resolved paths (what promotion will use)."""
     from django.core.exceptions import ValidationError
 
-    from releases.services import get_environment
-
-    if Endpoint.objects.filter(name=name).exists():
-        raise Conflict(f"An endpoint named {name!r} already exists.", code="endpoint_exists")
-    if kind == Endpoint.Kind.MODEL_REPOSITORY:
-        if not grpc_target or not repository_path or not Path(repository_path).is_absolute():
-            raise RegistryError("A model_repository endpoint needs grpc_target and an absolute repository_path.",
-                                code="validation_error")
-    elif not grpc_port_base:
-        raise RegistryError("A docker endpoint needs grpc_port_base (containers use base/base+1 and base+2/base+3).",
-                            code="validation_error")
-    endpoint = Endpoint(name=name, environment=get_environment(environment), kind=kind, grpc_target=grpc_target,
-                        rest_url=rest_url, repository_path=repository_path, config_path=config_path,
-                        docker_host=docker_host, grpc_port_base=grpc_port_base, profile=profile or {})
+    refused = endpoints.EndpointRefused
+    if endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY:
+        if not endpoint.grpc_target:
+            raise refused("grpc_target", "a model_repository endpoint needs the server's gRPC address")
+        if endpoint.docker_host:
+            raise refused("docker_host", "only docker endpoints have a Docker host")
+        base, config = _checked_paths(endpoint)
+        endpoint.repository_path, endpoint.config_path = str(base), str(config)
+    else:
+        if not endpoint.grpc_port_base:
+            raise refused("grpc_port_base", "a docker endpoint needs it (containers use base/base+1 and "
+                                            "base+2/base+3)")
+        if endpoint.repository_path or endpoint.config_path:
+            raise refused("repository_path", "only model_repository endpoints have a repository")
+        endpoint.docker_host = endpoints.validate_docker_host(endpoint.docker_host)
+    endpoint.profile = endpoints.validate_profile(endpoint.profile)
     try:
         endpoint.full_clean(exclude=["reachable"])  # unknown until the first health check
     except ValidationError as exc:
         raise RegistryError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items()),
                             code="validation_error") from exc
+
+
+@transaction.atomic
+def endpoint_create(*, actor: AbstractBaseUser | None, name: str, environment: str, kind: str,
+                    grpc_target: str = "", rest_url: str = "", repository_path: str = "", config_path: str = "",
+                    docker_host: str = "", grpc_port_base: int | None = None,
+                    profile: dict[str, Any] | None = None) -> Endpoint:
+    """Register an endpoint (operators only; every path, host and profile key checked)."""
+    from releases.services import get_environment
+
+    require_operator(actor)
+    if Endpoint.objects.filter(name=name).exists():
+        raise Conflict(f"An endpoint named {name!r} already exists.", code="endpoint_exists")
+    endpoint = Endpoint(name=name, environment=get_environment(environment), kind=kind, grpc_target=grpc_target,
+                        rest_url=rest_url, repository_path=repository_path, config_path=config_path,
+                        docker_host=docker_host, grpc_port_base=grpc_port_base, profile=profile or {})
+    validate_endpoint(endpoint)
     endpoint.save()
-    audit.record(actor=actor, action="endpoint.create", obj=endpoint,
-                 after={"name": name, "kind": kind, "environment": environment})
+    audit.record(actor=actor, action="endpoint.create", obj=endpoint, after=_audit_view(endpoint))
     return endpoint
+
+
+@transaction.atomic
+def endpoint_update(*, actor: AbstractBaseUser | None, endpoint: Endpoint, **changes: Any) -> Endpoint:
+    """Change an endpoint's fields (``ENDPOINT_FIELDS``; ``environment`` by name), same checks as create."""
+    from releases.services import get_environment
+
+    require_operator(actor)
+    unknown = sorted(set(changes) - set(ENDPOINT_FIELDS))
+    if unknown:
+        raise RegistryError(f"Endpoint fields {unknown} cannot be changed.", code="validation_error")
+    endpoint = Endpoint.objects.select_for_update().select_related("environment").get(pk=endpoint.pk)
+    before = _audit_view(endpoint)
+    for field, value in changes.items():
+        if field == "environment" and isinstance(value, str):
+            value = get_environment(value)
+        elif value is None and field not in ("grpc_port_base", "profile"):
+            value = ""
+        setattr(endpoint, field, value)
+    validate_endpoint(endpoint)
+    endpoint.save()
+    after = _audit_view(endpoint)
+    changed = sorted(k for k in after if after[k] != before[k])
+    audit.record(actor=actor, action="endpoint.update", obj=endpoint, before={k: before[k] for k in changed},
+                 after={k: after[k] for k in changed})
+    return endpoint
+
+
+def _audit_view(endpoint: Endpoint) -> dict[str, Any]:
+    return {"environment": endpoint.environment.name, "kind": endpoint.kind, "grpc_target": endpoint.grpc_target,
+            "rest_url": endpoint.rest_url, "repository_path": endpoint.repository_path,
+            "config_path": endpoint.config_path, "docker_host": endpoint.docker_host,
+            "grpc_port_base": endpoint.grpc_port_base, "profile": endpoint.profile}
 
 
 # --- promote ---------------------------------------------------------------------------------
@@ -204,6 +275,9 @@ def _finish(promotion: Promotion, state: str, *, error: str = "", previous: int 
 
 def _promote_one(release: Release, promotion: Promotion) -> None:
     version = release.version
+    repository = None
+    if promotion.endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY:
+        repository = repository_endpoint(promotion.endpoint)  # paths re-checked before anything is unpacked
     workdir = Path(tempfile.mkdtemp(prefix=f"promote-{release.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
     try:
         _record_step(promotion, "verify", f"verifying sha256 {version.artifact_sha256[:12]}… of v{version.number}")
@@ -216,7 +290,7 @@ def _promote_one(release: Release, promotion: Promotion) -> None:
                 promotion, s, m))
         else:
             result = engine.promote(
-                repository_endpoint(promotion.endpoint), model_name=version.model.name, version=version.number,
+                repository, model_name=version.model.name, version=version.number,
                 saved_model_src=model_path, samples=samples, tolerance=tolerance_for(version),
                 canary_only=promotion.canary, on_step=lambda s, m: _record_step(promotion, s, m),
                 deadline_s=settings.PROMOTION_DEADLINE)
@@ -295,28 +369,50 @@ def _rollback_one(release: Release, promotion: Promotion) -> None:
 # --- health ----------------------------------------------------------------------------------
 
 def check_endpoint_health(endpoint: Endpoint) -> Endpoint:
-    """Record whether the endpoint answers and which version each label serves, per model."""
+    """Record whether the endpoint answers and which version each label serves, per model, and
+    (model repositories) which entries of each model's directory Modelyard did not write.
+
+    ``health_error`` never quotes a file: the config is "unreadable" or "invalid", nothing more.
+    """
     client = client_for(endpoint)
     health: dict[str, Any] = {}
     error = ""
     reachable = client.reachable()
     if reachable and endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY and endpoint.repository_path:
         try:
-            config = engine.read_config(repository_endpoint(endpoint).config_path)
-            for entry in config.model_config_list.config:
-                states = client.model_status(entry.name)
-                health[entry.name] = {
-                    "labels": dict(entry.version_labels),
-                    "versions": {str(v): state for v, (state, _err) in sorted(states.items())},
-                }
-        except (TFServingError, OSError) as exc:
+            health = _repository_health(repository_endpoint(endpoint), client)
+        except endpoints.EndpointRefused as exc:
+            error = f"not allowed by the operator's policy: {exc.message}"
+        except engine.ConfigUnreadable:
+            error = "config unreadable"
+        except engine.ConfigError:
+            error = "config invalid"
+        except TFServingError as exc:
             error = str(exc)
+        except OSError as exc:
+            error = f"repository unreadable ({type(exc).__name__})"
     elif not reachable:
         error = f"{endpoint.grpc_target} does not answer"
     Endpoint.objects.filter(pk=endpoint.pk).update(reachable=reachable, health=health, health_error=error,
                                                    health_checked_at=timezone.now())
     endpoint.refresh_from_db()
     return endpoint
+
+
+def _repository_health(target: engine.RepositoryEndpoint, client: TFServingClient) -> dict[str, Any]:
+    health: dict[str, Any] = {}
+    for entry in engine.read_config(target.config_path).model_config_list.config:
+        states = client.model_status(entry.name)
+        try:
+            unmanaged = list(engine.unmanaged_entries(target.model_dir(entry.name), entry.name))
+        except (ValueError, engine.StagingError):
+            unmanaged = [entry.name]  # the model's directory itself is not one Modelyard may use
+        health[entry.name] = {
+            "labels": dict(entry.version_labels),
+            "versions": {str(v): state for v, (state, _err) in sorted(states.items())},
+            "unmanaged": unmanaged,
+        }
+    return health
 
 
 def check_all_endpoints() -> int:

@@ -18,7 +18,10 @@ The rules it follows (see /work/shared/reference/tf-serving.md):
   N+1 is AVAILABLE (END = failure); validate version N+1 by number (signature + recorded sample
   answers); then move `stable` and `canary` -> N+1 in one reload and prove with one Predict through
   `stable` that the label routes there; keep {N, N+1} loaded so that rollback is one label flip.
-  Retired versions' directories are deleted once the server has unloaded them.
+  Retired versions' directories are deleted once the server has unloaded them, and only if
+  Modelyard wrote them: each staged version carries `.modelyard-manifest.json` (model, version,
+  tree_sha256), checked (content re-hashed, symlinks never followed) before anything is deleted;
+  whatever else the repository holds is reported, never touched.
 * Any failure restores the previous models.config (file + reload), removes the version directory
   if this promotion created it and `stable` never pointed at it, and raises PromotionFailed.
 * One promotion at a time per model repository: `fcntl.flock` on `<base>/.modelyard.lock`, which
@@ -30,10 +33,13 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +58,11 @@ log = logging.getLogger(__name__)
 
 STABLE, CANARY = "stable", "canary"
 LOCK_NAME = ".modelyard.lock"
+MANIFEST_NAME = ".modelyard-manifest.json"
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_MANIFEST_BYTES = 64 * 1024
+_STAGING_DIR = re.compile(r"\A\.tmp-[0-9]+-[0-9a-f]{8}\Z")
+_VERSION_DIR = re.compile(r"\A[0-9]{1,18}\Z")  # what TF Serving reads as a version (an int64)
 TENSORFLOW_PLATFORM = "tensorflow"
 RESTORE_TIMEOUT_S = 60.0
 
@@ -61,7 +72,12 @@ OnStep = Callable[[str, str], None]
 # --- errors ------------------------------------------------------------------------------------
 
 class ConfigError(TFServingError):
-    """models.config cannot be read or parsed."""
+    """models.config is not a valid ModelServerConfig. Messages never quote the file: it may be
+    any file an endpoint was pointed at, and they reach health_error and the audit log."""
+
+
+class ConfigUnreadable(ConfigError):
+    """models.config cannot be read (not a regular file, too large, not UTF-8, no permission)."""
 
 
 class StagingError(TFServingError):
@@ -111,24 +127,46 @@ def empty_config() -> ModelServerConfig:
 
 
 def parse_config(text: str, source: str = "<string>") -> ModelServerConfig:
+    """A text ModelServerConfig that declares `model_config_list` (what Modelyard writes). Anything
+    else (an empty file, some other file an endpoint was pointed at) is refused, so it is never
+    overwritten."""
     config = ModelServerConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        raise ConfigError(f"{source} is not a valid text ModelServerConfig: {exc}") from None
-    if config.WhichOneof("config") not in (None, "model_config_list"):
-        raise ConfigError(f"{source} uses {config.WhichOneof('config')}; only model_config_list is supported")
-    config.model_config_list.SetInParent()
+        where = f" (line {exc.GetLine()}, column {exc.GetColumn()})" if exc.GetLine() else ""
+        raise ConfigError(f"{source} is not a valid text ModelServerConfig{where}") from None
+    if config.WhichOneof("config") != "model_config_list":
+        raise ConfigError(f"{source} declares no model_config_list: not a models.config Modelyard may rewrite")
     return config
+
+
+def read_config_text(path: Path) -> str | None:
+    """The text of models.config, or None if there is none. Only a regular file (never through a
+    symlink, never a FIFO or device) of at most MAX_CONFIG_BYTES is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigUnreadable(f"{path} cannot be opened ({errno.errorcode.get(exc.errno, 'error')})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigUnreadable(f"{path} is not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigUnreadable(f"{path} is larger than {MAX_CONFIG_BYTES} bytes")
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigUnreadable(f"{path} is not UTF-8 text") from None
 
 
 def read_config(path: Path) -> ModelServerConfig:
     """The ModelServerConfig in `path`; a missing file reads as an empty model list."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return empty_config()
-    return parse_config(text, str(path))
+    text = read_config_text(path)
+    return empty_config() if text is None else parse_config(text, str(path))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -146,6 +184,8 @@ def write_text_atomically(path: Path, text: str) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise ConfigError(f"{path} is not a regular file (a symlink, directory or device): not replacing it")
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
@@ -224,7 +264,10 @@ class RepositoryEndpoint:
         self.config_path = Path(self.config_path).resolve()
 
     def model_dir(self, model_name: str) -> Path:
-        return self.base_dir / _check_model_name(model_name)
+        path = model_dir_in(self.base_dir, model_name)
+        if path == self.config_path:
+            raise StagingError(f"model {model_name!r} would be the repository's config file")
+        return path
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive lock on `<base>/.modelyard.lock` (flock: works across threads and processes).
@@ -270,6 +313,62 @@ def _check_model_name(name: str) -> str:
     return name
 
 
+def model_dir_in(base_dir: Path, model_name: str) -> Path:
+    """`<base>/<model>`, refusing anything that would leave the repository: a name with a
+    separator or a leading dot, or an existing entry that is a symlink or not a directory."""
+    base = Path(base_dir).resolve()
+    path = base / _check_model_name(model_name)
+    if path.parent != base:
+        raise StagingError(f"model {model_name!r} does not name a directory inside {base}")
+    if os.path.lexists(path) and not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise StagingError(f"{path} is not a directory (a symlink or a file): Modelyard did not make it and "
+                           "will not stage through it")
+    return path
+
+
+# --- manifests: what Modelyard wrote ----------------------------------------------------------------
+
+def write_manifest(directory: Path, model_name: str, version: int, digest: str) -> None:
+    """Record in a staged version directory (before it is renamed into place) that Modelyard wrote
+    it, for which model and version, and the tree_sha256 of its content. Clean-up deletes only
+    directories whose manifest matches; TF Serving ignores the extra file."""
+    body = json.dumps({"written_by": "modelyard", "model": model_name, "version": version,
+                       "tree_sha256": digest}, sort_keys=True)
+    with open(Path(directory) / MANIFEST_NAME, "x", encoding="utf-8") as handle:
+        handle.write(body)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a real (not symlinked) version directory, or None if it has none we wrote."""
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    try:
+        manifest = json.loads(data) if len(data) <= MAX_MANIFEST_BYTES else None
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("written_by") == "modelyard" else None
+
+
+def manifest_matches(directory: Path, model_name: str, version: int, *, verify_content: bool) -> bool:
+    """The directory is version `version` of `model_name` as Modelyard staged it; with
+    verify_content, its files still hash to the recorded tree_sha256 (checked before deleting)."""
+    manifest = read_manifest(directory)
+    if manifest is None or manifest.get("model") != model_name or manifest.get("version") != version:
+        return False
+    return not verify_content or manifest.get("tree_sha256") == tree_sha256(directory)
+
+
 # --- staging ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -287,11 +386,17 @@ def tree_sha256(root: Path) -> str:
     """
     root = Path(root)
     digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):  # never follows a symlinked directory
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, root)
         digest.update(f"d {rel_dir}\n".encode())
-        for name in sorted(filenames):
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            if rel_dir == "." and name == MANIFEST_NAME:
+                continue  # the manifest records the digest; it is not part of it
+            if os.path.islink(os.path.join(dirpath, name)):  # hashed as a link, never read through
+                digest.update(f"l {os.path.join(rel_dir, name)} {os.readlink(os.path.join(dirpath, name))}\n"
+                              .encode())
+                continue
             file_digest = hashlib.sha256()
             with open(os.path.join(dirpath, name), "rb") as handle:
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -355,17 +460,19 @@ def stage_version(base_dir: Path, model_name: str, version: int, saved_model_src
     if expected_sha256 is not None and digest != expected_sha256:
         raise ArtifactMismatch(f"{src} hashes to {digest}, expected {expected_sha256}: "
                                f"the SavedModel is not the one that was validated")
-    model_dir = Path(base_dir).resolve() / _check_model_name(model_name)
+    model_dir = model_dir_in(base_dir, model_name)
     model_dir.mkdir(parents=True, exist_ok=True)
     target = model_dir / str(version)
-    if target.exists():
+    if os.path.lexists(target):
         return _existing(target, digest, model_name, version)
     tmp = model_dir / f".tmp-{version}-{secrets.token_hex(4)}"
     try:
         _copy_tree_durably(src, tmp)
         if tree_sha256(tmp) != digest:
             raise StagingError(f"{src} changed while it was being copied; nothing was published")
-        if target.exists():  # appeared while we copied (someone not holding the lock)
+        write_manifest(tmp, model_name, version, digest)
+        _fsync_dir(tmp)
+        if os.path.lexists(target):  # appeared while we copied (someone not holding the lock)
             shutil.rmtree(tmp)
             return _existing(target, digest, model_name, version)
         os.rename(tmp, target)
@@ -377,10 +484,15 @@ def stage_version(base_dir: Path, model_name: str, version: int, saved_model_src
 
 
 def _existing(target: Path, digest: str, model_name: str, version: int) -> StagedVersion:
-    if target.is_dir() and tree_sha256(target) == digest:
+    """An existing `<model>/<version>` is used only if it holds exactly these files; it is never
+    changed or replaced, whoever wrote it."""
+    if not stat.S_ISDIR(os.lstat(target).st_mode):
+        raise StagingError(f"{target} exists and is not a directory (a symlink or a file); Modelyard did not "
+                           "write it and leaves it untouched")
+    if tree_sha256(target) == digest:
         return StagedVersion(target, False, digest)
-    raise VersionExists(f"{target} already exists with different content: version {version} of "
-                        f"{model_name} was published before and version numbers are never reused")
+    raise VersionExists(f"{target} already exists with different content (left untouched): version {version} "
+                        f"of {model_name} was published before and version numbers are never reused")
 
 
 # --- samples -----------------------------------------------------------------------------------
@@ -589,8 +701,9 @@ class _Promotion:
         if not self.client.reachable():
             raise EndpointUnreachable(f"TF Serving endpoint {self.client.grpc_target} does not answer; "
                                       f"nothing was staged or changed")
-        if self.endpoint.config_path.exists():
-            self.previous_text = self.endpoint.config_path.read_text(encoding="utf-8")
+        # Refuses (before anything is written) a config file that is not a models.config.
+        self.previous_text = read_config_text(self.endpoint.config_path)
+        if self.previous_text is not None:
             self.previous = parse_config(self.previous_text, str(self.endpoint.config_path))
         entry = model_entry(self.previous, model)
         labels = dict(entry.version_labels) if entry is not None else {}
@@ -681,12 +794,12 @@ class _Promotion:
         if not self.delete_retired:
             return
         try:
-            deleted = delete_unserved_dirs(self.client, self.model, Path(base_path), served)
+            sweep = delete_unserved_dirs(self.client, self.model, Path(base_path), served)
         except Exception as exc:  # noqa: BLE001 - see docstring
             self.report("clean", f"could not delete retired version directories: {exc}")
             return
-        if deleted:
-            self.report("clean", f"deleted retired version directories {[p.name for p in deleted]}")
+        if sweep.deleted or sweep.unmanaged:
+            self.report("clean", sweep.describe())
 
     def _fail(self, exc: Exception) -> PromotionFailed:
         step = self.step
@@ -789,6 +902,7 @@ class RetireResult:
     kept: tuple[int, ...]
     dropped: tuple[int, ...]
     deleted: tuple[Path, ...]
+    unmanaged: tuple[str, ...] = ()
 
 
 def retire(endpoint: RepositoryEndpoint, model_name: str, keep: set[int], *, delete_dirs: bool = False,
@@ -805,6 +919,10 @@ def retire(endpoint: RepositoryEndpoint, model_name: str, keep: set[int], *, del
         raise RetireRefused("retire() needs at least one version to keep")
     with endpoint.locked():
         config, entry = _current(endpoint, model_name)
+        model_dir = endpoint.model_dir(model_name)
+        if delete_dirs and entry.base_path.rstrip("/") != str(model_dir):
+            raise RetireRefused(f"{endpoint.config_path} serves {model_name} from elsewhere, not from "
+                                f"{model_dir}; Modelyard deletes only in its own repository")
         labels = dict(entry.version_labels)
         stray = {label: v for label, v in labels.items() if v not in keep}
         if stray:
@@ -815,30 +933,72 @@ def retire(endpoint: RepositoryEndpoint, model_name: str, keep: set[int], *, del
         new = with_model(config, model_name, entry.base_path, keep, labels)
         endpoint.apply(new)
         report("retire", f"policy specific {sorted(keep)}; dropped {list(dropped)}")
-        deleted: tuple[Path, ...] = ()
+        sweep = Sweep()
         if delete_dirs:
             if grace_s > 0:
                 time.sleep(grace_s)
-            deleted = delete_unserved_dirs(endpoint.client, model_name, Path(entry.base_path), keep)
-            report("delete", f"deleted {[p.name for p in deleted]}")
-        return RetireResult(model_name, tuple(sorted(keep)), dropped, deleted)
+            sweep = delete_unserved_dirs(endpoint.client, model_name, model_dir, keep)
+            report("delete", sweep.describe())
+        return RetireResult(model_name, tuple(sorted(keep)), dropped, sweep.deleted, sweep.unmanaged)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What a clean-up did: directories deleted, and entries it left alone because Modelyard did
+    not write them (no matching manifest, a symlink, a file, changed content)."""
+
+    deleted: tuple[Path, ...] = ()
+    unmanaged: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"deleted retired version directories {[p.name for p in self.deleted]}"] if self.deleted else []
+        if self.unmanaged:
+            parts.append(f"left {len(self.unmanaged)} entries Modelyard did not write untouched: "
+                         f"{list(self.unmanaged[:20])}{' …' if len(self.unmanaged) > 20 else ''}")
+        return "; ".join(parts) or "nothing to delete"
+
+
+def unmanaged_entries(model_dir: Path, model_name: str) -> tuple[str, ...]:
+    """Names in `<base>/<model>` that are not version directories Modelyard staged for this model
+    (by their manifest; content not re-hashed: cheap enough for every health check)."""
+    if not os.path.lexists(model_dir):
+        return ()
+    if not stat.S_ISDIR(os.lstat(model_dir).st_mode):
+        return (model_dir.name,)
+    return tuple(sorted(entry.name for entry in os.scandir(model_dir) if not _is_ours(entry, model_name)))
+
+
+def _is_ours(entry: os.DirEntry, model_name: str) -> bool:
+    if _STAGING_DIR.match(entry.name) and entry.is_dir(follow_symlinks=False):
+        return True  # a staging directory (in progress, or left by a killed worker)
+    return (_VERSION_DIR.match(entry.name) is not None and entry.is_dir(follow_symlinks=False)
+            and manifest_matches(Path(entry.path), model_name, int(entry.name), verify_content=False))
 
 
 def delete_unserved_dirs(client: TFServingClient, model_name: str, model_dir: Path,
-                         keep: set[int]) -> tuple[Path, ...]:
-    """Delete version directories outside the policy ``keep`` that the server no longer holds.
+                         keep: set[int]) -> Sweep:
+    """Delete version directories outside the policy ``keep`` that the server no longer holds,
+    if Modelyard wrote them: a real directory (never a symlink) whose manifest names this model and
+    version and whose files still hash to the manifest's digest. Anything else is left untouched
+    and reported in ``Sweep.unmanaged``.
 
     Call it with the endpoint lock held, after the reload that dropped them. A version still
-    LOADING, AVAILABLE or UNLOADING (in-flight requests finishing) is left for the next call; so is
-    anything that is not a version directory (a ``.tmp-`` staging directory, a stray file).
+    LOADING, AVAILABLE or UNLOADING (in-flight requests finishing) is left for the next call.
     """
+    unmanaged = list(unmanaged_entries(model_dir, model_name))
+    if not os.path.lexists(model_dir) or not stat.S_ISDIR(os.lstat(model_dir).st_mode):
+        return Sweep((), tuple(unmanaged))
     status = client.model_status(model_name)
     deleted = []
-    for child in sorted(model_dir.iterdir()) if model_dir.is_dir() else []:
-        if not child.name.isdigit() or not child.is_dir() or child.is_symlink() or int(child.name) in keep:
+    for entry in sorted(os.scandir(model_dir), key=lambda e: e.name):
+        if entry.name in unmanaged or not _VERSION_DIR.match(entry.name) or int(entry.name) in keep:
             continue
-        if status.get(int(child.name), ("", ""))[0] in (AVAILABLE, "LOADING", "UNLOADING"):
+        if status.get(int(entry.name), ("", ""))[0] in (AVAILABLE, "LOADING", "UNLOADING"):
             continue
-        shutil.rmtree(child)
-        deleted.append(child)
-    return tuple(deleted)
+        path = Path(entry.path)
+        if not manifest_matches(path, model_name, int(entry.name), verify_content=True):
+            unmanaged.append(entry.name)  # changed since it was staged: not what Modelyard wrote
+            continue
+        shutil.rmtree(path)  # a verified real directory; rmtree never follows symlinks inside it
+        deleted.append(path)
+    return Sweep(tuple(deleted), tuple(sorted(unmanaged)))

@@ -23,6 +23,7 @@ def storage_root(settings, tmp_path_factory) -> Iterator[Path]:  # type: ignore[
     settings.FILE_UPLOAD_TEMP_DIR = str(root / "tmp")
     (root / "tmp").mkdir()
     settings.ROUTES_DIR = tmp_path_factory.mktemp("routes")  # docker endpoints' route files
+    settings.SERVING_ROOTS = [str(tmp_path_factory.mktemp("serving"))]  # where endpoints' repositories may lie
     from django.core.files.storage import storages
 
     settings.STORAGES = {**settings.STORAGES, "artifacts": {
@@ -74,6 +75,25 @@ ENGINEER_PERMS = [
 def alice(django_user_model):  # type: ignore[no-untyped-def]
     """An ML engineer: may create models, upload versions and datasets, move aliases."""
     return _user(django_user_model, "alice", ENGINEER_PERMS)
+
+
+OPERATOR_PERMS = ["releases.operate_endpoints", "releases.view_endpoint"]
+
+
+@pytest.fixture
+def olivia(django_user_model):  # type: ignore[no-untyped-def]
+    """An operator: registers and changes serving endpoints (paths, Docker hosts, profiles); no
+    release or engineering permissions."""
+    return _user(django_user_model, "olivia", OPERATOR_PERMS)
+
+
+@pytest.fixture
+def operator_api(olivia):  # type: ignore[no-untyped-def]
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(olivia)
+    return client
 
 
 @pytest.fixture

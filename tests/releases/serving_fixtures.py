@@ -113,7 +113,7 @@ class LiveServer:
     def __post_init__(self) -> None:
         self.base_dir = self.root / "models"
         self.base_dir.mkdir(parents=True)
-        self.config_path = self.root / "models.config"
+        self.config_path = self.base_dir / "models.config"  # inside the repository, as endpoints require
         self.config_path.write_text(EMPTY_CONFIG)
         self.log_path = self.root / "server.log"
         self.client = TFServingClient(f"127.0.0.1:{self.grpc_port}",

@@ -25,9 +25,11 @@ def server(launch_server):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def ready(alice, artifacts, server, tmp_path):  # type: ignore[no-untyped-def]
+def ready(alice, artifacts, server, tmp_path, settings):  # type: ignore[no-untyped-def]
     """A model (unique name) with v1, v2 (different weights), an eval dataset, an endpoint on the
-    server, and a function making an image-ready production release of a version."""
+    server (its directory an allowed serving root), and a function making an image-ready
+    production release of a version."""
+    settings.SERVING_ROOTS = [str(server.root)]
     from registry import services
     from registry.uploads import StagedFile
     from tests import factories
@@ -186,16 +188,20 @@ def test_promote_needs_an_image_ready_release(api, ready):
 
 
 @pytest.mark.django_db
-def test_endpoint_api_create_validates(api, ready):
-    bad = api.post("/api/v1/endpoints/", {"name": "x", "environment": "staging", "kind": "model_repository",
-                                          "repository_path": "relative/path", "grpc_target": "h:1"}, format="json")
+def test_endpoint_api_create_validates(operator_api, settings):
+    bad = operator_api.post("/api/v1/endpoints/", {"name": "x", "environment": "staging", "kind": "model_repository",
+                                                   "repository_path": "relative/path", "grpc_target": "h:1"},
+                            format="json")
     assert bad.status_code == 400 and "absolute" in bad.json()["error"]["message"]
-    ok = api.post("/api/v1/endpoints/", {"name": "local", "environment": "staging", "kind": "model_repository",
-                                         "repository_path": "/srv/models", "grpc_target": "127.0.0.1:8500"},
-                  format="json")
+    repository = f"{settings.SERVING_ROOTS[0]}/staging"
+    ok = operator_api.post("/api/v1/endpoints/", {"name": "local", "environment": "staging",
+                                                  "kind": "model_repository", "repository_path": repository,
+                                                  "grpc_target": "127.0.0.1:8500"}, format="json")
     assert ok.status_code == 201, ok.content
     assert ok.json()["serving_profile"]["batching"]["max_batch_size"] == 32
-    assert api.get("/api/v1/endpoints/").json()["count"] == 2
+    assert ok.json()["repository_path"] == repository
+    assert Endpoint.objects.get(name="local").config_path == f"{repository}/models.config"
+    assert operator_api.get("/api/v1/endpoints/").json()["count"] == 1
 
 
 @pytest.mark.django_db
