@@ -2,6 +2,7 @@
 services as the API (same permission and four-eyes rules)."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django import forms
@@ -174,10 +175,7 @@ class EndpointForm(forms.ModelForm):
         super()._post_clean()
         if self.errors:
             return
-        candidate = Endpoint(pk=self.instance.pk, **{f: self.cleaned_data.get(f) for f in self.Meta.fields})
-        candidate.repository_path = candidate.repository_path or ""
-        candidate.config_path = candidate.config_path or ""
-        candidate.docker_host = candidate.docker_host or ""
+        candidate = copy.copy(self.instance)  # the form's values; the checks store resolved paths on it
         try:
             promotion.validate_endpoint(candidate)
         except RegistryError as exc:

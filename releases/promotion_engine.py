@@ -488,7 +488,7 @@ def _existing(target: Path, digest: str, model_name: str, version: int) -> Stage
     changed or replaced, whoever wrote it."""
     if not stat.S_ISDIR(os.lstat(target).st_mode):
         raise StagingError(f"{target} exists and is not a directory (a symlink or a file); Modelyard did not "
-                           "write it and leaves it untouched")
+                           "write it; left untouched")
     if tree_sha256(target) == digest:
         return StagedVersion(target, False, digest)
     raise VersionExists(f"{target} already exists with different content (left untouched): version {version} "

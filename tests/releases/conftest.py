@@ -1,4 +1,6 @@
-"""Release personas: alice requests (ML engineer), bob approves, charlie only reads."""
+"""Release personas: alice requests (ML engineer; she also holds releases.add_endpoint, which alone
+no longer registers endpoints), bob approves, charlie only reads, olivia (tests/conftest.py) operates
+endpoints."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +9,13 @@ from rest_framework.test import APIClient
 from tests.conftest import ENGINEER_PERMS, _user
 
 RELEASE_PERMS = ["releases.add_release", "releases.change_release", "releases.add_endpoint"]
+
+
+@pytest.fixture
+def immediate(settings):  # type: ignore[no-untyped-def]
+    """Tasks run at once (promotions in the test's own process)."""
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
+                                  "QUEUES": ["default"]}}
 
 
 @pytest.fixture

@@ -14,12 +14,6 @@ from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F
 
 
 @pytest.fixture
-def immediate(settings):  # type: ignore[no-untyped-def]
-    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
-                                  "QUEUES": ["default"]}}
-
-
-@pytest.fixture
 def server(launch_server):  # type: ignore[no-untyped-def]
     return launch_server(0)
 
