@@ -18,6 +18,7 @@ from registry.models import AuditEvent
 from releases import promotion, promotion_engine as engine
 from releases.endpoints import EndpointRefused
 from releases.models import Endpoint, Environment, Promotion, Release
+from tests.conftest import _user
 from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F401  (fixtures)
 
 SECRET = "s3cr3t-token-do-not-leak"
@@ -216,11 +217,8 @@ def test_a_valid_profile_is_stored(operator_api):
 @pytest.mark.django_db
 def test_admin_needs_the_operator_permission_and_applies_the_policy(client, django_user_model, olivia, root,
                                                                      storage_root):
-    from django.contrib.auth.models import Permission
-
-    staff = django_user_model.objects.create_user("sam", password="pw-sam-12345", is_staff=True)
-    staff.user_permissions.add(*Permission.objects.filter(codename__in=["add_endpoint", "change_endpoint",
-                                                                       "view_endpoint"]))
+    staff = _user(django_user_model, "sam", ["releases.add_endpoint", "releases.change_endpoint",
+                                             "releases.view_endpoint"], is_staff=True)
     client.force_login(staff)
     assert client.get("/admin/releases/endpoint/add/").status_code == 403
     olivia.is_staff = True

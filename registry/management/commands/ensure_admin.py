@@ -22,6 +22,8 @@ GROUPS: dict[str, list[str]] = {
         "registry.change_modelalias", "registry.delete_modelalias", "registry.view_modelalias",
         "registry.add_dataset", "registry.view_dataset", "registry.view_auditevent",
     ],
+    # Endpoints decide where promotion writes and deletes files and which Docker engine it drives.
+    "operators": ["releases.operate_endpoints", "releases.view_endpoint", "registry.view_auditevent"],
 }
 
 
