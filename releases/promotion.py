@@ -275,15 +275,15 @@ def _finish(promotion: Promotion, state: str, *, error: str = "", previous: int 
 
 def _promote_one(release: Release, promotion: Promotion) -> None:
     version = release.version
-    repository = None
-    if promotion.endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY:
-        repository = repository_endpoint(promotion.endpoint)  # paths re-checked before anything is unpacked
+    # A model repository's paths are checked again before anything is unpacked or written.
+    repository = (None if promotion.endpoint.kind == Endpoint.Kind.DOCKER
+                  else repository_endpoint(promotion.endpoint))
     workdir = Path(tempfile.mkdtemp(prefix=f"promote-{release.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
     try:
         _record_step(promotion, "verify", f"verifying sha256 {version.artifact_sha256[:12]}… of v{version.number}")
         model_path = registry.version_unpack(version, workdir / "model")  # refuses a tampered artifact
         samples = samples_for(version, model_path)
-        if promotion.endpoint.kind == Endpoint.Kind.DOCKER:
+        if repository is None:
             from releases import container_promotion
 
             previous = container_promotion.promote(release, promotion, samples, lambda s, m: _record_step(
