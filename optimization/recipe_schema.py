@@ -57,7 +57,9 @@ def _named_params(name: str) -> dict[str, Any]:
 def recipe_schema() -> dict[str, Any]:
     techniques = sorted(PASSES)
     named = sorted(n for n in NAMED_PIPELINES if n not in PASSES)
-    step = {"oneOf": [*(_step(t) for t in techniques), _const(*techniques)]}
+    named_steps = [_obj({"technique": _const(n), "params": _named_params(n)}, ["technique"], f"Named pipeline {n}")
+                   for n in named]
+    step = {"oneOf": [*(_step(t) for t in techniques), *named_steps, _const(*techniques, *named)]}
     branches = [
         *({**_step(t), "properties": {**_step(t)["properties"], "label": LABEL}} for t in techniques),
         *(_obj({"technique": _const(n), "params": _named_params(n), "label": LABEL}, ["technique"],
@@ -66,7 +68,7 @@ def recipe_schema() -> dict[str, Any]:
         _obj({"pipeline": {"type": "string", "enum": named}, "params": {"type": "object", "nullable": True},
               "label": LABEL}, ["pipeline"], "A named pipeline by name; params keyed by step technique."),
         _obj({"pipeline": {"type": "array", "minItems": 1, "items": step},
-              "params": {"type": "object", "nullable": True, "description": "Ignored for a list pipeline."},
+              "params": {"description": "Ignored for a list pipeline."},
               "label": LABEL}, ["pipeline"], "Steps run in order; each must accept what the previous produces."),
         _obj({"technique": _const("auto"), "label": LABEL, "params": {
             "type": "object", "nullable": True, "additionalProperties": False, "properties": {
