@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 from optimization.models import OptimizationJob, VersionMetrics
 from optimization.recipe_schema import recipe_schema
-from registry.serializers import JSONObjectField
+from registry.serializers import JSONObjectField, VersionOutput
 
 
 @extend_schema_field(recipe_schema())
@@ -56,3 +56,16 @@ class JobOutput(serializers.ModelSerializer):
     def get_datasets(self, job: OptimizationJob) -> dict[str, Any]:
         return {"train": job.train_dataset_id, "eval": job.eval_dataset_id,
                 "calibration": job.calibration_dataset_id}
+
+
+class VariantParentOutput(serializers.Serializer):
+    version = serializers.IntegerField()
+    format = serializers.CharField()
+    metrics = MetricsOutput(many=True)
+
+
+class VariantsOutput(serializers.Serializer):
+    """A version's own metrics beside its variants' (``GET .../versions/{n}/variants/``)."""
+
+    parent = VariantParentOutput()
+    variants = VersionOutput(many=True)

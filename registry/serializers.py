@@ -8,7 +8,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from registry import jsonlimits
-from registry.models import MAX_TAG_LENGTH, MAX_TAGS, AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel
+from registry.models import (
+    MAX_TAG_LENGTH, MAX_TAGS, AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, slug_validator,
+)
 
 TAGS_HELP = (f"At most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters: lowercase letters, digits, "
              "'-' and '_' (stored lowercased). Multipart forms may also send one comma-separated string.")
@@ -62,7 +64,8 @@ class JSONObjectField(serializers.JSONField):
 # --- inputs ----------------------------------------------------------------------------------
 
 class ModelCreateInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.RegexField(slug_validator.regex, max_length=100, help_text=slug_validator.message,
+                                  error_messages={"invalid": slug_validator.message})
     description = serializers.CharField(required=False, allow_blank=True, default="")
     task = serializers.ChoiceField(choices=RegisteredModel.Task.choices, default=RegisteredModel.Task.OTHER)
     tags = TagListField(required=False, default=list)
