@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -16,10 +17,14 @@ TAGS_HELP = (f"At most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters: l
              "'-' and '_' (stored lowercased). Multipart forms may also send one comma-separated string.")
 
 
+TAG_CHARS = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_-]*$", "Tags use lowercase letters, digits, '-' and '_' "
+                           "(upper case is lowered), starting with a letter or digit.")
+
+
 class TagListField(serializers.ListField):
     """Tags as a JSON list, or (from multipart forms and curl) a comma-separated string."""
 
-    child = serializers.CharField(max_length=MAX_TAG_LENGTH)
+    child = serializers.CharField(max_length=MAX_TAG_LENGTH, validators=[TAG_CHARS])
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("max_length", MAX_TAGS)
