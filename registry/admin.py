@@ -384,7 +384,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
               "before_display", "after_display", "comment"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
-        # before/after may hold a version's metadata (see USER_JSON): read through _stored_json.
+        # before/after may hold a version's metadata (see USER_JSON): read via jsonlimits.stored_json.
         return (super().get_queryset(request).select_related(*self.list_select_related)
                 .defer("before", "after", *(f"version__{f}" for f in USER_JSON)))
 

@@ -73,7 +73,7 @@ def server_error_body(request: HttpRequest | None, exc: BaseException | None, *,
     return body
 
 
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """Turn every exception an API view raises into ``{"error": {"code", "message"[, "details"]}}``:
     domain errors, DRF's, Django's refusals of a request, and (as a logged 500 carrying the request
     id) anything unexpected."""
@@ -83,10 +83,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             body = server_error_body(request, exc, code=exc.code, message=exc.message)
             return Response(body, status=exc.status_code)
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
-    if isinstance(exc, TOO_LARGE):
-        code, body = too_large_body(exc)
-        return Response(body, status=code)
     if isinstance(exc, SuspiciousOperation):
+        # Logged where Django logs these when no API view catches them.
+        logging.getLogger(f"django.security.{type(exc).__name__}").warning("%s", exc)
+        if isinstance(exc, TOO_LARGE):
+            code, body = too_large_body(exc)
+            return Response(body, status=code)
         return Response(error_body("bad_request", f"The request was refused: {exc}"), status=400)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")

@@ -20,9 +20,9 @@ def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith(API_PREFIX)
 
 
-def _page(request: HttpRequest, status: int, message: str, **context: Any) -> HttpResponse:
+def _page(request: HttpRequest, status: int, message: str, template: str = "", **context: Any) -> HttpResponse:
     try:
-        html = loader.render_to_string(f"{status}.html", {"message": message, **context}, request=None)
+        html = loader.render_to_string(template or f"{status}.html", {"message": message, **context}, request=None)
     except Exception:  # never let the error page itself fail (e.g. a broken base template)
         html = f"<!doctype html><title>{status}</title><h1>{status}</h1>"
     return HttpResponse(html, status=status)
@@ -35,7 +35,7 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
         status, body = 400, error_body("bad_request", f"The request was refused: {exception or 'bad request'}")
     if _is_api(request):
         return JsonResponse(body, status=status)
-    return _page(request, status, body["error"]["message"])
+    return _page(request, status, body["error"]["message"], template="400.html")  # 400 or 413
 
 
 def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -15,10 +15,11 @@ from django.test import Client
 
 from optimization.models import OptimizationJob
 from registry import jsonlimits
-from registry.models import AuditEvent, Dataset, ModelVersion, RegisteredModel
+from registry.models import AuditEvent, ModelVersion, RegisteredModel
 from tests import factories
 from tests.conftest import PASSWORD, upload
-from tests.registry.test_hostile_uploads import Snapshot, assert_error, post_dataset, snapshot, version1  # noqa: F401
+# Shared with the upload corpus: the error-shape assertion, the storage snapshot and its fixtures.
+from tests.registry.test_hostile_uploads import assert_error, snapshot, version1  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
@@ -271,6 +272,15 @@ def test_ten_megabyte_form_field_is_a_413_in_the_error_shape(api, artifacts, sna
     response = upload(api, "digits", artifacts["tflite"], description="d" * (10 * 1024 * 1024))
     assert_error(response, 413, "too_large", "form fields")
     before.assert_nothing_left()
+
+
+def test_ten_megabyte_form_field_outside_the_api_is_an_html_page(admin_client, version1):  # noqa: F811
+    rows = Rows(version1)
+    response = admin_client.post(f"/admin/registry/modelversion/{version1.pk}/change/",
+                                 {"description": "d" * (10 * 1024 * 1024), "metadata_json": "{}", "tag_names": ""})
+    assert response.status_code == 413 and response["Content-Type"].startswith("text/html")
+    assert "Bad request" in response.content.decode() and "too large" in response.content.decode()
+    rows.assert_unchanged()
 
 
 def test_ten_megabyte_json_body_is_a_413(api, version1):  # noqa: F811
