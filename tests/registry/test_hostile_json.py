@@ -430,3 +430,21 @@ def test_page_size_is_documented_with_its_range(schema):
     params = schema["paths"]["/api/v1/models/"]["get"]["parameters"]
     page_size = next(p for p in params if p["name"] == "page_size")
     assert page_size["schema"] == {"type": "integer", "minimum": 1, "maximum": 500}
+
+
+# --- the scanner itself ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, too_deep", [
+    ('{"a": "' + "[" * 100 + '"}', False),            # brackets inside a string do not nest
+    ('{"a": "\\"' + "{" * 100 + '"}', False),          # nor after an escaped quote
+    ("[" * DEPTH + "]" * DEPTH, False),
+    ("[" * (DEPTH + 1) + "]" * (DEPTH + 1), True),
+    ("[" * (DEPTH + 1), True),                          # refused before the parser sees it is cut off
+])
+def test_scan_depth_counts_only_structure(text, too_deep):
+    if too_deep:
+        with pytest.raises(jsonlimits.JSONLimitError):
+            jsonlimits.scan_depth(text, what="x")
+    else:
+        jsonlimits.scan_depth(text, what="x")
+        assert jsonlimits.depth(json.loads(text)) <= DEPTH
