@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "registry.requestid.RequestIdMiddleware",  # first: every response, error pages too, carries X-Request-ID
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -149,12 +150,25 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "registry.pagination.Pagination",
     "PAGE_SIZE": env_int("MODELYARD_PAGE_SIZE", 50, minimum=1),
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Refuses an over-deep JSON body before parsing it (registry/jsonlimits.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "registry.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    # Documents every operation's error statuses in the one error shape (registry/openapi.py).
+    "DEFAULT_SCHEMA_CLASS": "registry.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "registry.api_common.exception_handler",
     # `?format=` is a version filter here (saved_model/keras/tflite), not a renderer override.
     "URL_FORMAT_OVERRIDE": "response_format",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
+# Django's own refusals (CSRF, a too-large form field) answer in the API's error shape under /api/.
+CSRF_FAILURE_VIEW = "registry.errorpages.csrf_failure"
+# A form field or JSON body larger than this is a 413 (Django's default, stated here because the
+# README promises it); uploaded files stream to disk and have their own limit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MODELYARD_MAX_FORM_BYTES", 2_621_440, minimum=1024)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Modelyard API",
     "DESCRIPTION": "Model registry and release manager for TensorFlow.",

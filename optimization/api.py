@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from optimization import services
 from optimization.models import OptimizationJob
-from optimization.serializers import JobCreateInput, JobOutput, MetricsOutput
+from optimization.serializers import JobCreateInput, JobOutput, MetricsOutput, VariantsOutput
 from registry.serializers import VersionOutput
 from registry import services as registry
 from registry.errors import NotFound
@@ -79,7 +79,7 @@ class VariantList(APIView):
 
     queryset = ModelVersion.objects.none()
 
-    @extend_schema(responses=VersionOutput(many=True))
+    @extend_schema(responses=VariantsOutput)
     def get(self, request: Request, name: str, version: int) -> Response:
         parent = registry.get_version(registry.get_model(name), version)
         variants = (ModelVersion.objects.with_related().filter(parent=parent).order_by("number")

@@ -2,10 +2,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from optimization.models import OptimizationJob, VersionMetrics
-from registry.serializers import JSONObjectField
+from optimization.recipe_schema import recipe_schema
+from registry.serializers import JSONObjectField, VersionOutput
+
+
+@extend_schema_field(recipe_schema())
+class RecipeField(JSONObjectField):
+    """A recipe (optimization/passes/__init__.py); the schema is the tagged union it accepts."""
 
 
 class DatasetRolesInput(serializers.Serializer):
@@ -17,7 +24,7 @@ class DatasetRolesInput(serializers.Serializer):
 class JobCreateInput(serializers.Serializer):
     model = serializers.CharField(max_length=100)
     version = serializers.IntegerField(min_value=1)
-    recipe = JSONObjectField(help_text='{"technique": "ptq_int8"}, {"pipeline": [...]}, or '
+    recipe = RecipeField(help_text='{"technique": "ptq_int8"}, {"pipeline": [...]}, or '
                                        '{"technique": "auto", "params": {"max_accuracy_drop": 0.01}}')
     datasets = DatasetRolesInput(required=False, help_text="Dataset ids by role; default: the latest of each role.")
 
@@ -38,6 +45,7 @@ class JobOutput(serializers.ModelSerializer):
     datasets = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.get_username")
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    recipe = RecipeField(read_only=True)
 
     class Meta:
         model = OptimizationJob
@@ -48,3 +56,16 @@ class JobOutput(serializers.ModelSerializer):
     def get_datasets(self, job: OptimizationJob) -> dict[str, Any]:
         return {"train": job.train_dataset_id, "eval": job.eval_dataset_id,
                 "calibration": job.calibration_dataset_id}
+
+
+class VariantParentOutput(serializers.Serializer):
+    version = serializers.IntegerField()
+    format = serializers.CharField()
+    metrics = MetricsOutput(many=True)
+
+
+class VariantsOutput(serializers.Serializer):
+    """A version's own metrics beside its variants' (``GET .../versions/{n}/variants/``)."""
+
+    parent = VariantParentOutput()
+    variants = VersionOutput(many=True)

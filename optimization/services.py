@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from optimization import budget as budget_mod
 from optimization.models import OptimizationJob, VersionMetrics
-from registry import audit, datasets as dataset_checks, services as registry
+from registry import audit, datasets as dataset_checks, jsonlimits, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import Dataset, ModelVersion
 from registry.uploads import StagedFile
@@ -75,6 +75,7 @@ def plan_recipe(recipe: Any, version: ModelVersion) -> Plan:
 
     if not isinstance(recipe, dict):
         raise JobInputError('recipe must be an object, e.g. {"technique": "ptq_int8"}.')
+    jsonlimits.check(recipe, what="recipe")  # before anything walks it recursively
     kind = source_kind(version)
     if recipe.get("technique") == MEASURE:
         if set(recipe) - {"technique", "params"} or recipe.get("params"):
@@ -82,7 +83,7 @@ def plan_recipe(recipe: Any, version: ModelVersion) -> Plan:
         return Plan(recipe={"technique": MEASURE}, steps=[], needs=frozenset())
     try:
         if recipe.get("technique") == "auto":
-            params = recipe.get("params") or {}
+            params = _auto_params(recipe)
             chosen, plans = _auto_candidates(params.get("candidates"), kind, version)
             needs = frozenset().union(*(s.needs for steps in plans for s, _ in steps))
             return Plan(recipe={"technique": "auto", "params": params}, steps=[],
@@ -92,6 +93,24 @@ def plan_recipe(recipe: Any, version: ModelVersion) -> Plan:
     except (passes.PassError, budget_mod.BudgetError) as exc:
         raise JobInputError(str(exc)) from exc
     return Plan(recipe=recipe, steps=steps, needs=frozenset().union(*(s.needs for s, _ in steps)))
+
+
+AUTO_PARAMS = frozenset({"max_accuracy_drop", "relative", "objective", "candidates"})
+
+
+def _auto_params(recipe: dict[str, Any]) -> dict[str, Any]:
+    """An auto recipe's params: an object of known keys (an unknown one is a typo, not a no-op)."""
+    extra = set(recipe) - {"technique", "params", "label"}
+    if extra:
+        raise JobInputError(f"unknown recipe key(s): {', '.join(sorted(extra))}")
+    params = recipe.get("params") or {}
+    if not isinstance(params, dict):
+        raise JobInputError("auto: params must be an object.")
+    unknown = set(params) - AUTO_PARAMS
+    if unknown:
+        raise JobInputError(f"auto: unknown parameter(s) {', '.join(sorted(map(repr, unknown)))} "
+                            f"(known: {', '.join(sorted(AUTO_PARAMS))})")
+    return params
 
 
 def _auto_candidates(labels: Any, kind: str, version: ModelVersion) -> tuple[list[dict[str, Any]], list[Any]]:

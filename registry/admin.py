@@ -6,11 +6,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from registry import services
+from registry import jsonlimits, services
 from registry.errors import RegistryError
 from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
 from registry.uploads import StagedFile
@@ -22,6 +23,36 @@ def _tag_names(raw: str) -> list[str]:
 
 def _pretty_json(value: Any) -> str:
     return format_html("<pre style='margin:0'>{}</pre>", json.dumps(value, indent=2, sort_keys=True))
+
+
+# --- JSON a user wrote: limited on the way in, never decoded deep on the way out ---------------
+# Metadata nested hundreds of levels deep was accepted before registry.jsonlimits existed; decoding
+# or rendering it inside a template (already deep in the stack) raised RecursionError, so every
+# page that loaded such a version -- its change page, and the add pages listing versions -- was a
+# 500. Pages here defer user JSON in their querysets and read it through ``jsonlimits.stored_json``.
+USER_JSON = ("metadata",)
+LIMITS_HELP = (f"A JSON object nested at most {jsonlimits.MAX_DEPTH} levels and at most "
+               f"{jsonlimits.MAX_VALUE_BYTES // 1024} KiB.")
+LEGACY_HELP = (f"The stored metadata nests deeper than {jsonlimits.MAX_DEPTH} levels (it was written before "
+               "that limit) and is not shown. Leave this empty to keep it, or enter new metadata to replace it.")
+
+
+def metadata_field(**kwargs: Any) -> forms.JSONField:
+    """The metadata input: too deep or too long text is refused before it is parsed."""
+    return forms.JSONField(required=False, label="Metadata", decoder=jsonlimits.LimitedDecoder, help_text=LIMITS_HELP,
+                           error_messages={"invalid": f"Enter valid JSON. {LIMITS_HELP}"}, **kwargs)
+
+
+def _safe_json_display(obj: Model, field: str) -> str:
+    value, ok = jsonlimits.stored_json(obj, field)
+    if not ok:
+        return f"(nested deeper than {jsonlimits.MAX_DEPTH} levels: not shown)"
+    return _pretty_json(value)
+
+
+def versions_for_choices() -> QuerySet[ModelVersion]:
+    """Versions for a select box: their names only, never their user JSON."""
+    return ModelVersion.objects.select_related("model").defer(*USER_JSON)
 
 
 class ServiceForm(forms.ModelForm):
@@ -129,7 +160,7 @@ class RegisteredModelAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
 class VersionAddForm(ServiceForm):
     artifact = forms.FileField(help_text="SavedModel .zip/.tar.gz, Keras .keras/.h5, or .tflite")
-    metadata_json = forms.JSONField(required=False, label="Metadata", initial=dict)
+    metadata_json = metadata_field(initial=dict)
     tag_names = forms.CharField(required=False, label="Tags", help_text="Comma-separated.")
 
     class Meta:
@@ -149,7 +180,7 @@ class VersionAddForm(ServiceForm):
 
 
 class VersionChangeForm(ServiceForm):
-    metadata_json = forms.JSONField(required=False, label="Metadata")
+    metadata_json = metadata_field()
     tag_names = forms.CharField(required=False, label="Tags", help_text="Comma-separated.")
 
     class Meta:
@@ -158,7 +189,10 @@ class VersionChangeForm(ServiceForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["metadata_json"].initial = self.instance.metadata
+        metadata, self.metadata_shown = jsonlimits.stored_json(self.instance, "metadata")
+        self.fields["metadata_json"].initial = metadata
+        if not self.metadata_shown:
+            self.fields["metadata_json"].help_text = LEGACY_HELP
         self.fields["tag_names"].initial = ", ".join(t.name for t in self.instance.tags.all())
 
     def _post_clean(self) -> None:
@@ -166,9 +200,12 @@ class VersionChangeForm(ServiceForm):
 
     def run_service(self) -> ModelVersion:
         data = self.cleaned_data
+        metadata = data.get("metadata_json")
+        if metadata is None:  # empty: clear it, unless it is a stored value too deep to show (keep that)
+            metadata = {} if self.metadata_shown else None
         return services.version_update(
-            version=ModelVersion.objects.get(pk=self.instance.pk), actor=self.request.user,
-            description=data.get("description", ""), metadata=data.get("metadata_json") or {},
+            version=ModelVersion.objects.defer(*USER_JSON).get(pk=self.instance.pk), actor=self.request.user,
+            description=data.get("description", ""), metadata=metadata,
             tags=_tag_names(data.get("tag_names", "")),
         )
 
@@ -184,6 +221,15 @@ class ModelVersionAdmin(ServiceAdminMixin, admin.ModelAdmin):
     list_filter = ["format", "status", "source", "model", "tags"]
     search_fields = ["model__name", "artifact_sha256", "description"]
     list_select_related = ["model", "parent__model"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelVersion]:
+        return (super().get_queryset(request).select_related("model", "parent__model", "created_by")
+                .defer(*USER_JSON, *(f"parent__{f}" for f in USER_JSON)))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "parent":
+            kwargs["queryset"] = versions_for_choices()
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         kwargs["form"] = VersionChangeForm if obj else VersionAddForm
@@ -214,7 +260,7 @@ class ModelVersionAdmin(ServiceAdminMixin, admin.ModelAdmin):
     @admin.display(description="Lineage")
     def lineage(self, obj: ModelVersion) -> str:
         chain = [obj.parent] if obj.parent_id else []
-        variants = list(obj.variants.all())
+        variants = list(obj.variants.only("pk", "number"))
         parent = format_html_join(" ", '<a href="{}">parent v{}</a>',
                                   ((reverse("admin:registry_modelversion_change", args=[p.pk]), p.number)
                                    for p in chain))
@@ -279,6 +325,15 @@ class DatasetAdmin(ServiceAdminMixin, admin.ModelAdmin):
     list_filter = ["role", "model"]
     search_fields = ["name", "model__name", "sha256"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Dataset]:
+        return (super().get_queryset(request).select_related("model", "checked_against__model", "created_by")
+                .defer(*(f"checked_against__{f}" for f in USER_JSON)))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "checked_against":
+            kwargs["queryset"] = versions_for_choices()
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         if obj is None:
             kwargs["form"] = DatasetAddForm
@@ -325,6 +380,24 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_filter = ["action", "object_type", "model"]
     search_fields = ["object_repr", "comment", "object_id"]
     list_select_related = ["actor", "model", "version__model"]
+    fields = ["created_at", "actor", "action", "object_type", "object_id", "object_repr", "model", "version",
+              "before_display", "after_display", "comment"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
+        # before/after may hold a version's metadata (see USER_JSON): read via jsonlimits.stored_json.
+        return (super().get_queryset(request).select_related(*self.list_select_related)
+                .defer("before", "after", *(f"version__{f}" for f in USER_JSON)))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.fields
+
+    @admin.display(description="Before")
+    def before_display(self, obj: AuditEvent) -> str:
+        return _safe_json_display(obj, "before")
+
+    @admin.display(description="After")
+    def after_display(self, obj: AuditEvent) -> str:
+        return _safe_json_display(obj, "after")
 
 
 admin.site.register(Tag)

@@ -8,7 +8,7 @@ from django.db.models import Max, QuerySet
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -17,6 +17,7 @@ from registry import inspector, services
 from registry.errors import NotFound
 from registry.filters import AuditEventFilter, DatasetFilter, ModelFilter, VersionFilter
 from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel
+from registry.parsers import JSONParser
 from registry.serializers import (
     AliasInput, AliasOutput, AuditEventOutput, DatasetCreateInput, DatasetOutput, ModelCreateInput, ModelOutput,
     ModelUpdateInput, VersionCreateInput, VersionOutput, VersionUpdateInput,
@@ -125,7 +126,8 @@ class VersionArtifact(APIView):
 
     queryset = ModelVersion.objects.none()
 
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(description="The artifact bytes")})
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(description="The artifact bytes"),
+                              304: OpenApiResponse(description="If-None-Match matched the ETag (sha256)")})
     def get(self, request: Request, name: str, version: int) -> HttpResponse:
         target = services.get_version(services.get_model(name), version)
         etag = f'"{target.artifact_sha256}"'

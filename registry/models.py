@@ -15,8 +15,12 @@ slug_validator = RegexValidator(
 sha256_validator = RegexValidator(r"^[0-9a-f]{64}$", "Not a sha256 hex digest.")
 
 
+MAX_TAGS = 32  # tags on one model or version (README "API overview")
+MAX_TAG_LENGTH = 64
+
+
 class Tag(models.Model):
-    name = models.CharField(max_length=64, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=MAX_TAG_LENGTH, unique=True, validators=[slug_validator])
 
     class Meta:
         ordering = ["name"]

@@ -4,15 +4,32 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel
+from registry import jsonlimits
+from registry.models import (
+    MAX_TAG_LENGTH, MAX_TAGS, AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, slug_validator,
+)
+
+TAGS_HELP = (f"At most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters: lowercase letters, digits, "
+             "'-' and '_' (stored lowercased). Multipart forms may also send one comma-separated string.")
+
+
+TAG_CHARS = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9_-]*$", "Tags use lowercase letters, digits, '-' and '_' "
+                           "(upper case is lowered), starting with a letter or digit.")
 
 
 class TagListField(serializers.ListField):
     """Tags as a JSON list, or (from multipart forms and curl) a comma-separated string."""
 
-    child = serializers.CharField(max_length=64)
+    child = serializers.CharField(max_length=MAX_TAG_LENGTH, validators=[TAG_CHARS])
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", MAX_TAGS)
+        kwargs.setdefault("help_text", TAGS_HELP)
+        super().__init__(**kwargs)
 
     def to_internal_value(self, data: Any) -> list[str]:
         if isinstance(data, str):
@@ -22,26 +39,38 @@ class TagListField(serializers.ListField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field({"type": "object", "additionalProperties": {},
+                      "description": f"A JSON object nested at most {jsonlimits.MAX_DEPTH} levels, at most "
+                                     f"{jsonlimits.MAX_VALUE_BYTES // 1024} KiB (a JSON string in multipart forms)."})
 class JSONObjectField(serializers.JSONField):
-    """A JSON object, given as an object (JSON bodies) or as a JSON string (multipart forms)."""
+    """A JSON object, given as an object (JSON bodies) or as a JSON string (multipart forms),
+    within ``registry.jsonlimits``' depth and size limits (checked before a string is parsed)."""
 
     default_error_messages = {"not_object": "Must be a JSON object.", "bad_json": "Not valid JSON: {error}."}
 
+    def __init__(self, *, max_bytes: int = jsonlimits.MAX_VALUE_BYTES, **kwargs: Any) -> None:
+        self.max_bytes = max_bytes
+        super().__init__(**kwargs)
+
     def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, str):
-            try:
-                data = json.loads(data)
-            except json.JSONDecodeError as exc:
-                self.fail("bad_json", error=str(exc))
-        if not isinstance(data, dict):
-            self.fail("not_object")
-        return data
+        try:
+            if isinstance(data, str):
+                try:
+                    data = jsonlimits.loads(data, what="The value", max_bytes=self.max_bytes)
+                except json.JSONDecodeError as exc:
+                    self.fail("bad_json", error=str(exc))
+            if not isinstance(data, dict):
+                self.fail("not_object")
+            return jsonlimits.check(data, what="The value", max_bytes=self.max_bytes)
+        except jsonlimits.JSONLimitError as exc:
+            raise serializers.ValidationError(exc.message, code=exc.code) from None
 
 
 # --- inputs ----------------------------------------------------------------------------------
 
 class ModelCreateInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.RegexField(slug_validator.regex, max_length=100, help_text=slug_validator.message,
+                                  error_messages={"invalid": slug_validator.message})
     description = serializers.CharField(required=False, allow_blank=True, default="")
     task = serializers.ChoiceField(choices=RegisteredModel.Task.choices, default=RegisteredModel.Task.OTHER)
     tags = TagListField(required=False, default=list)
@@ -89,6 +118,7 @@ class DatasetCreateInput(serializers.Serializer):
 
 # --- outputs ---------------------------------------------------------------------------------
 
+@extend_schema_field({"type": "array", "items": {"type": "string"}})
 class TagNamesField(serializers.Field):
     def to_representation(self, value: Any) -> list[str]:
         return [t.name for t in value.all()]

@@ -11,10 +11,10 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
-from registry import archives, audit, blobrefs, datasets, inspection
+from registry import archives, audit, blobrefs, datasets, inspection, jsonlimits
 from registry.blobstore import artifact_store
 from registry.errors import Conflict, NotFound, RegistryError
-from registry.models import Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
+from registry.models import MAX_TAGS, Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
 from registry.uploads import StagedFile
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,11 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def _tags(names: Iterable[str]) -> list[Tag]:
+    unique = sorted({n.strip().lower() for n in names if n and n.strip()})
+    if len(unique) > MAX_TAGS:
+        raise RegistryError(f"At most {MAX_TAGS} tags are allowed; got {len(unique)}.", code="too_many_tags")
     tags = []
-    for name in sorted({n.strip().lower() for n in names if n and n.strip()}):
+    for name in unique:
         tag = Tag(name=name)
         try:
             tag.clean_fields()
@@ -98,6 +101,15 @@ def get_version(model: RegisteredModel, number: int | str) -> ModelVersion:
 
 # --- Versions --------------------------------------------------------------------------------
 
+def _check_metadata(metadata: Any) -> None:
+    """Metadata is a JSON object within the nesting and size limits (``registry.jsonlimits``)."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise RegistryError("metadata must be a JSON object.", code="validation_error")
+    jsonlimits.check(metadata, what="metadata")
+
+
 def version_create(
     *, model: RegisteredModel, staged: StagedFile, actor: AbstractBaseUser, description: str = "",
     metadata: dict[str, Any] | None = None, tags: Iterable[str] = (), parent: ModelVersion | None = None,
@@ -108,8 +120,7 @@ def version_create(
     Inspection (the slow part: unpacking, loading with TensorFlow) happens before any lock is
     taken. If anything fails, no row and no new blob is left behind.
     """
-    if metadata is not None and not isinstance(metadata, dict):
-        raise RegistryError("metadata must be a JSON object.", code="validation_error")
+    _check_metadata(metadata)
     if parent is not None and parent.model_id != model.pk:
         raise RegistryError("The parent must be a version of the same model.", code="validation_error")
     found = inspection.inspect_artifact(staged.path, staged.filename)
@@ -166,24 +177,28 @@ def version_update(
     *, version: ModelVersion, actor: AbstractBaseUser, description: str | None = None,
     metadata: dict[str, Any] | None = None, tags: Iterable[str] | None = None,
 ) -> ModelVersion:
-    """Change the only mutable parts of a version: description, metadata and tags."""
-    before = {"description": version.description, "metadata": version.metadata,
-              "tags": [t.name for t in version.tags.all()]}
+    """Change the only mutable parts of a version: description, metadata and tags.
+
+    Metadata is read (and audited) only when it changes: a version may hold metadata stored,
+    before the limits, too deep to decode, and editing its description must still work (pass a
+    version loaded with ``.defer("metadata")``)."""
+    before: dict[str, Any] = {"description": version.description, "tags": [t.name for t in version.tags.all()]}
     fields = []
     if description is not None:
         version.description = description
         fields.append("description")
     if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise RegistryError("metadata must be a JSON object.", code="validation_error")
+        _check_metadata(metadata)
+        old, readable = jsonlimits.stored_json(version, "metadata")
+        before["metadata"] = old if readable else f"(nested deeper than {jsonlimits.MAX_DEPTH} levels: not recorded)"
         version.metadata = metadata
         fields.append("metadata")
     if fields:
         version.save(update_fields=fields)
     if tags is not None:
         version.tags.set(_tags(tags))
-    after = {"description": version.description, "metadata": version.metadata,
-             "tags": [t.name for t in version.tags.all()]}
+    after = {"description": version.description, "tags": [t.name for t in version.tags.all()],
+             **({"metadata": metadata} if metadata is not None else {})}
     audit.record(actor=actor, action="version.update", obj=version, model=version.model, version=version,
                  before=before, after=after)
     return version
