@@ -87,7 +87,10 @@ def resource_hog_saved_model(directory: Path, kind: str, amount: int) -> Path:
 
         def _initialize(self):  # type: ignore[no-untyped-def]
             if kind == "memory":
-                value = tf.reduce_sum(tf.ones([amount], tf.float32))
+                # The size goes through a stateful op, so it is computed at load time (a constant
+                # shape would be folded into a giant constant when the function is traced).
+                size = tf.constant(amount, tf.int64) + tf.cast(tf.timestamp() * 0.0, tf.int64)
+                value = tf.reduce_sum(tf.fill(tf.reshape(size, [1]), 1.0))
             else:
                 count = tf.while_loop(lambda i: i < amount, lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
                 value = tf.cast(count, tf.float32)
