@@ -104,7 +104,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--formats", default="tflite,zip,keras,h5")
-    parser.add_argument("--keep", action="store_true", help="keep the private directory (logs)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="modelyard-bench-small-"))
     server: Server | None = None
@@ -134,10 +133,7 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
-        if args.keep:
-            log(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

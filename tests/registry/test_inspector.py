@@ -26,14 +26,15 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
-def children_of(pid: int) -> set[int]:
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid``, from /proc."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             found |= {int(p) for p in (task / "children").read_text().split()}
         except OSError:
             pass
-    return found
+    return sorted(found)
 
 
 def test_inspections_reuse_one_warm_inspector_and_read_what_a_direct_read_does(artifacts, tmp_path) -> None:

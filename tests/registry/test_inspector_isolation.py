@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ from registry import inspector
 from tests import factories
 from tests.conftest import files_under, upload
 from tests.registry.test_hostile_uploads import assert_error, snapshot  # noqa: F401  (the hostile corpus's helpers)
+from tests.registry.test_inspector import children_of
+from tests.serving.serving_contract import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 CRASH = re.compile(r"killed by (SIGSEGV|SIGBUS|SIGABRT|SIGILL|SIGFPE)")
@@ -187,22 +188,6 @@ def test_inspecting_leaves_tensorflow_out_of_the_calling_process(artifacts, tmp_
 
 # --- a real gunicorn worker ------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found |= {int(p) for p in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return sorted(found)
-
-
 @pytest.fixture
 def gunicorn(tmp_path) -> Iterator[dict]:  # type: ignore[no-untyped-def]
     """A private instance (own var dir, migrated, an API token) under gunicorn with one sync worker."""
@@ -237,12 +222,7 @@ def gunicorn(tmp_path) -> Iterator[dict]:  # type: ignore[no-untyped-def]
         yield {"url": base, "master": proc.pid, "headers": {"Authorization": f"Token {token}"},
                "storage": tmp_path / "var" / "storage"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
@@ -257,9 +237,9 @@ def test_a_crashing_artifact_does_not_take_down_the_gunicorn_worker(gunicorn, ar
     assert requests.post(f"{url}/api/v1/models/", json={"name": "digits"}, headers=headers,
                          timeout=60).status_code == 201
     assert post(artifacts["tflite"]).status_code == 201
-    worker = children(gunicorn["master"])
+    worker = children_of(gunicorn["master"])
     assert len(worker) == 1
-    first_inspector = children(worker[0])
+    first_inspector = children_of(worker[0])
     assert len(first_inspector) == 1  # the worker's own inspector is its child
 
     response = post(garbage_tflite(tmp_path))
@@ -268,10 +248,10 @@ def test_a_crashing_artifact_does_not_take_down_the_gunicorn_worker(gunicorn, ar
     body = response.json()
     assert set(body) == {"error"} and body["error"]["code"] == "inspection_crashed"
     assert CRASH.search(body["error"]["message"]) and "garbage.tflite" in body["error"]["message"]
-    assert children(gunicorn["master"]) == worker  # the same worker process, not a replacement
+    assert children_of(gunicorn["master"]) == worker  # the same worker process, not a replacement
     assert post(artifacts["tflite"]).status_code == 201  # answered by that same worker...
-    assert children(gunicorn["master"]) == worker
-    replacement = children(worker[0])
+    assert children_of(gunicorn["master"]) == worker
+    replacement = children_of(worker[0])
     assert len(replacement) == 1 and replacement != first_inspector  # ...with a fresh inspector
     listed = requests.get(f"{url}/api/v1/models/digits/versions/", headers=headers, timeout=60).json()
     assert [v["version"] for v in listed["results"]] == [2, 1]  # nothing registered for the garbage
