@@ -540,7 +540,6 @@ JOB_STAGES = [  # (label, nested?) in print order
     ("sample_io (re-loads the variant, re-reads eval blob)", 1),
     ("job_finish_succeeded (hash, version_create, metrics row)", 1),
     ("inspect_artifact (inside version_create)", 2),
-    ("gc.collect() at the end of inspect_artifact", 3),
 ]
 
 
@@ -563,11 +562,6 @@ def install_job_timers(timer: StageTimer) -> None:
     timer.wrap(harness, "sample_io", "sample_io:any")
     timer.wrap(services, "job_finish_succeeded", JOB_STAGES[11][0])
     timer.wrap(inspection, "inspect_artifact", JOB_STAGES[12][0])
-    import gc
-    import types
-
-    inspection.gc = types.SimpleNamespace(collect=gc.collect)  # a proxy, so only inspection's call is timed
-    timer.wrap(inspection.gc, "collect", JOB_STAGES[13][0])
 
 
 def split_job_stages(t: dict[str, float]) -> dict[str, float]:

@@ -132,13 +132,17 @@ MAX_ARTIFACT_BYTES = env_int("MODELYARD_MAX_ARTIFACT_BYTES", 2 * 1024**3, minimu
 MAX_UNPACKED_BYTES = env_int("MODELYARD_MAX_UNPACKED_BYTES", 8 * 1024**3, minimum=1)
 MAX_COMPRESSION_RATIO = env_int("MODELYARD_MAX_COMPRESSION_RATIO", 200, minimum=1)
 MAX_ARCHIVE_MEMBERS = env_int("MODELYARD_MAX_ARCHIVE_MEMBERS", 10_000, minimum=1)
-# Artifacts at least this large are inspected (unpacked and loaded) in a short-lived subprocess,
-# so a web worker never keeps a big model's weights (registry/inspect_worker.py).
-INSPECT_IN_SUBPROCESS_BYTES = env_int("MODELYARD_INSPECT_IN_SUBPROCESS_BYTES", 64 * 1024 * 1024, minimum=0)
+# Datasets (.npz) are validated from their headers, never loaded in a web process; this caps what
+# their arrays may declare (numpy would allocate it when a worker loads them).
+MAX_DATASET_UNPACKED_BYTES = env_int("MODELYARD_MAX_DATASET_UNPACKED_BYTES", 1024**3, minimum=1)
+# Every model artifact is read by TensorFlow in a warm inspector process, never in a web process
+# (registry/inspector.py): per process that inspects, up to POOL_SIZE inspectors, each replaced
+# after MAX_JOBS jobs or any crash/limit, exiting after IDLE_SECONDS without work (0: never).
+INSPECT_POOL_SIZE = env_int("MODELYARD_INSPECT_POOL_SIZE", 1, minimum=1)
+INSPECT_MAX_JOBS = env_int("MODELYARD_INSPECT_MAX_JOBS", 100, minimum=1)
+INSPECT_IDLE_SECONDS = env_int("MODELYARD_INSPECT_IDLE_SECONDS", 600, minimum=0)
+INSPECT_MEMORY_MB = env_int("MODELYARD_INSPECT_MEMORY_MB", 4096, minimum=16)
 INSPECT_TIMEOUT = env_int("MODELYARD_INSPECT_TIMEOUT", 900, minimum=1)
-# A large upload starts a warm inspector while its bytes stream in (registry/inspector.py); an
-# unused one exits after this many seconds. 0: no prewarming.
-INSPECT_SPARE_IDLE_SECONDS = env_int("MODELYARD_INSPECT_SPARE_IDLE_SECONDS", 120, minimum=0)
 
 # --- REST API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {

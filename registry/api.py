@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Max, QuerySet
 from django.http import FileResponse, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -68,13 +67,13 @@ class ModelDetail(APIView):
 
 
 def _prewarm_inspector(request: Request) -> None:
-    """A body large enough to be inspected out of process: start the inspector now, so that its
-    TensorFlow import overlaps the upload instead of following it."""
+    """Make sure this process has a warm (or warming) inspector before the body is read, so that a
+    cold one imports TensorFlow while the upload streams in instead of after it."""
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return
-    if length >= settings.INSPECT_IN_SUBPROCESS_BYTES and not announced_too_large(length):  # else a 413 follows
+    if not announced_too_large(length):  # else a 413 follows without any inspection
         inspector.prewarm()
 
 

@@ -34,6 +34,20 @@ class InvalidModel(RegistryError):
     code = "invalid_model"
 
 
+class InspectionFailed(RegistryError):
+    """The inspector process crashed, or hit its memory or time limit, on this artifact."""
+
+    status_code = 422
+    code = "inspection_failed"
+
+
+class InspectorUnavailable(RegistryError):
+    """The inspector process could not start (a server problem, not the artifact's)."""
+
+    status_code = 503
+    code = "inspector_unavailable"
+
+
 class DatasetMismatch(RegistryError):
     status_code = 422
     code = "dataset_mismatch"

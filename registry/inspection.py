@@ -1,32 +1,35 @@
 """Read what an uploaded artifact is — format, serving signature, framework versions — by
 unpacking it privately and loading it, before anything is registered.
 
-TensorFlow is imported lazily: the web process only pays for it when a model is inspected.
+Two halves. ``inspect_artifact`` runs in the calling (web) process: it checks the file name,
+makes a private work directory, and hands the job to a warm inspector process
+(``registry/inspector.py``); it never imports TensorFlow. ``inspect_here`` and the readers below
+it run only inside that inspector (``registry/inspect_worker.py``), where a crash, a runaway
+allocation or an endless load costs the inspector, not the server.
 """
 from __future__ import annotations
 
-import gc
 import json
 import lzma
+import os
 import shutil
 import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
-from registry import archives, inspector
+from registry import archives, errors, inspector
 from registry.errors import CorruptArtifact, InvalidModel, RegistryError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 TFLITE_IDENTIFIER = b"TFL3"
 PREDICT_METHOD = "tensorflow/serving/predict"
-GC_AFTER_BYTES = 16 * 1024 * 1024
 
 SUFFIX_FORMATS: list[tuple[str, str, str]] = [
     # (file name suffix, format, container)
@@ -60,7 +63,8 @@ def detect_container(filename: str) -> tuple[str, str]:
 
 @contextmanager
 def private_workdir() -> Iterator[Path]:
-    """A 0700 directory inside the storage root's tmp/, removed whatever happens."""
+    """A 0700 directory inside the storage root's tmp/, removed whatever happens (the web process
+    owns it, so it goes even when the inspector that unpacked into it was killed)."""
     root = Path(settings.FILE_UPLOAD_TEMP_DIR)
     root.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="inspect-", dir=root))
@@ -71,50 +75,39 @@ def private_workdir() -> Iterator[Path]:
 
 
 def inspect_artifact(path: Path, filename: str) -> Inspection:
-    if path.stat().st_size >= settings.INSPECT_IN_SUBPROCESS_BYTES:
-        return _inspect_in_subprocess(path, filename)
-    try:
-        return _inspect(path, filename)
-    finally:
-        # The loaded model is garbage once its signature is read; TensorFlow objects sit in
-        # reference cycles, so without a collection a web worker keeps every upload's weights
-        # (bench/upload.py --payload weights: +1.1 GB per 1 GiB model, never given back). A full
-        # collection costs 0.3-0.6 s in a busy worker, so only large artifacts pay for it.
-        if path.stat().st_size >= GC_AFTER_BYTES:
-            gc.collect()
+    """Inspect ``path`` (uploaded as ``filename``) in a warm inspector process.
 
-
-def subprocess_request(path: Path, filename: str) -> dict[str, Any]:
-    """What inspect_worker needs: the file, its name and the few settings inspection reads."""
-    return {"path": str(path), "filename": filename, "settings": {
-        "FILE_UPLOAD_TEMP_DIR": settings.FILE_UPLOAD_TEMP_DIR, "MAX_UNPACKED_BYTES": settings.MAX_UNPACKED_BYTES,
-        "MAX_COMPRESSION_RATIO": settings.MAX_COMPRESSION_RATIO, "MAX_ARCHIVE_MEMBERS": settings.MAX_ARCHIVE_MEMBERS}}
-
-
-def _inspect_in_subprocess(path: Path, filename: str) -> Inspection:
-    """Large artifacts: inspect in a short-lived process (see registry/inspect_worker.py)."""
-    from registry import errors
-
-    stdout, stderr, status = inspector.run(subprocess_request(path, filename))
-    try:
-        reply = json.loads(stdout)
-    except json.JSONDecodeError:
-        tail = (stderr or "").strip().splitlines()[-1:] or [f"exit status {status}"]
-        raise InvalidModel(f"Inspecting the model crashed the inspector: {tail[0][:300]}") from None
+    Raises the artifact's own RegistryError (corrupt, unsafe, not a model...) or InspectionFailed
+    (422) when the inspector crashed or hit its memory or time limit."""
+    detect_container(filename)  # an unknown suffix needs no inspector
+    with private_workdir() as workdir:
+        reply = inspector.run(job_request(path, filename, workdir), filename)
     if "error" in reply:
-        cls = getattr(errors, reply["error"]["class"], errors.RegistryError)
+        cls = getattr(errors, reply["error"]["class"], RegistryError)
+        if not (isinstance(cls, type) and issubclass(cls, RegistryError)):
+            cls = RegistryError
         raise cls(reply["error"]["message"], code=reply["error"]["code"])
     return Inspection(**reply["inspection"])
 
 
-def _inspect(path: Path, filename: str) -> Inspection:
+def job_request(path: Path, filename: str, workdir: Path) -> dict[str, Any]:
+    """What the inspector needs for one artifact: the file, a work directory, and the limits."""
+    return {"path": str(path), "filename": filename, "workdir": str(workdir),
+            "limits": asdict(archives.Limits.from_settings()),
+            "memory_bytes": settings.INSPECT_MEMORY_MB * 1024 * 1024,
+            # A backstop for the web process's own timer, in CPU seconds (TensorFlow may use
+            # every core): it stops a job even if nobody is waiting for it any more.
+            "cpu_seconds": settings.INSPECT_TIMEOUT * (os.cpu_count() or 1) + 30}
+
+
+def inspect_here(path: Path, filename: str, *, workdir: Path, limits: archives.Limits) -> Inspection:
+    """Unpack and load the artifact in this process: only ever called inside the inspector."""
     fmt, container = detect_container(filename)
     if container in ("zip", "tar"):
-        with private_workdir() as work:
-            unpacked = work / "unpacked"
-            unpacked.mkdir()
-            archives.extract(path, unpacked, container)
-            return inspect_saved_model_dir(find_saved_model_root(unpacked))
+        unpacked = workdir / "unpacked"
+        unpacked.mkdir()
+        archives.extract(path, unpacked, container, limits)
+        return inspect_saved_model_dir(find_saved_model_root(unpacked))
     if container in ("keras", "h5"):
         return inspect_keras(path, container)
     return inspect_tflite(path)

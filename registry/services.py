@@ -270,14 +270,14 @@ def dataset_create(
         if check_version is None:
             raise Conflict(f"Model {model.name!r} has no version yet to check the dataset against.",
                            code="no_version")
-    arrays = datasets.read_npz(staged.path)
-    datasets.check_against_signature(arrays, check_version.signature)
+    described = datasets.describe_npz(staged.path)  # headers only: no array is built here
+    datasets.check_shape_against_signature(described, check_version.signature)
     store = artifact_store()
     created_blob = store.put(staged.path, staged.sha256)
     try:
         with transaction.atomic():
             dataset = Dataset(model=model, name=(name or staged.filename)[:255], role=role, sha256=staged.sha256,
-                              size_bytes=staged.size, arrays=datasets.describe(arrays),
+                              size_bytes=staged.size, arrays=described,
                               checked_against=check_version, created_by=actor)
             _validated(dataset)
             dataset.save()
@@ -292,6 +292,6 @@ def dataset_create(
 
 
 def dataset_arrays(dataset: Dataset) -> dict[str, Any]:
-    """Load a stored dataset's arrays after verifying its digest."""
+    """Load a stored dataset's arrays after verifying its digest (workers only: this allocates them)."""
     path = artifact_store().verify(dataset.sha256, dataset.size_bytes)
     return datasets.read_npz(path)

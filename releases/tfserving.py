@@ -19,11 +19,12 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import grpc
 import numpy as np
 import requests
-import tensorflow as tf
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2, get_model_status_pb2, model_management_pb2, model_service_pb2_grpc,
-    predict_pb2, prediction_service_pb2_grpc)
-from tensorflow_serving.config import model_server_config_pb2
+from tensorflow_serving.config import model_server_config_pb2  # plain protobuf, no TensorFlow
+
+# TensorFlow and the gRPC stubs of tensorflow_serving.apis (whose messages embed TensorFlow's
+# protos, so importing any of them loads the whole tensorflow package) are imported inside the
+# functions that use them: importing this module — every web process does, through the admin —
+# must not load TensorFlow.
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
@@ -102,6 +103,8 @@ class SignatureInfo:
 
 
 def _tensor_info(info: Any) -> TensorSpecInfo:
+    import tensorflow as tf
+
     dtype = tf.dtypes.as_dtype(info.dtype).name
     if info.tensor_shape.unknown_rank:
         return TensorSpecInfo(dtype, None)
@@ -129,6 +132,8 @@ class TFServingClient:
         self.rest_url = rest_url.rstrip("/") if rest_url else None
         self.timeout = timeout
         self._channel = grpc.insecure_channel(grpc_target)
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
@@ -161,6 +166,8 @@ class TFServingClient:
 
     def reachable(self, timeout: float = 2.0) -> bool:
         """True if the gRPC ModelService answers (and the REST port, when one is configured)."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "__modelyard_probe__"
         try:
@@ -178,6 +185,8 @@ class TFServingClient:
 
     def model_status(self, name: str) -> dict[int, tuple[str, str]]:
         """version -> (state name, error message) from GetModelStatus; {} if the model is unknown."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = name
         try:
@@ -195,6 +204,8 @@ class TFServingClient:
         It may block until newly added model names have loaded, hence the longer `timeout`.
         A non-OK answer raises ReloadRefused with the server's StatusProto message.
         """
+        from tensorflow_serving.apis import model_management_pb2
+
         request = model_management_pb2.ReloadConfigRequest()
         request.config.CopyFrom(config)
         try:
@@ -255,6 +266,9 @@ class TFServingClient:
                 label: str | None = None, signature: str = "serving_default",
                 timeout: float | None = None) -> tuple[dict[str, np.ndarray], int]:
         """Predict; returns (outputs as numpy arrays, the version that served — model_spec.version)."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, name, version, label, signature)
         for key, value in inputs.items():
@@ -271,6 +285,8 @@ class TFServingClient:
     def signature(self, name: str, version: int | None = None, label: str | None = None,
                   signature: str = "serving_default") -> SignatureInfo:
         """Inputs/outputs (names, dtypes, shapes) of one signature, from GetModelMetadata."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
         request = get_model_metadata_pb2.GetModelMetadataRequest()
         self._spec(request.model_spec, name, version, label, None)
         request.metadata_field.append("signature_def")

@@ -72,3 +72,39 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def resource_hog_saved_model(directory: Path, kind: str, amount: int) -> Path:
+    """A small, valid SavedModel (a 'serving_default' signature taking "features" [None, 8]) that
+    holds one resource whose initializer — which ``tf.saved_model.load`` runs, as it runs every
+    asset/table initializer — does heavy work: ``kind="memory"`` allocates ``amount`` float32s,
+    ``kind="time"`` counts to ``amount`` in a graph loop. The files stay a few KiB either way."""
+    import tensorflow as tf
+
+    class Hog(tf.saved_model.experimental.TrackableResource):
+        def _create_resource(self):  # type: ignore[no-untyped-def]
+            return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name=f"hog_{id(self)}")
+
+        def _initialize(self):  # type: ignore[no-untyped-def]
+            if kind == "memory":
+                # The size goes through a stateful op, so it is computed at load time (a constant
+                # shape would be folded into a giant constant when the function is traced).
+                size = tf.constant(amount, tf.int64) + tf.cast(tf.timestamp() * 0.0, tf.int64)
+                value = tf.reduce_sum(tf.fill(tf.reshape(size, [1]), 1.0))
+            else:
+                count = tf.while_loop(lambda i: i < amount, lambda i: i + 1, [tf.constant(0, tf.int64)])[0]
+                value = tf.cast(count, tf.float32)
+            return tf.raw_ops.AssignVariableOp(resource=self.resource_handle, value=value)
+
+    class Model(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hog = Hog()
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32, name="features")])
+        def serve(self, features):  # type: ignore[no-untyped-def]
+            return {"probs": features * 2.0}
+
+    model = Model()
+    tf.saved_model.save(model, str(directory), signatures={"serving_default": model.serve})
+    return directory

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.db import connection
 
-from registry import inspection, services
+from registry import archives, inspection, services
 from registry.blobstore import artifact_store
 from registry.models import AuditEvent, ImmutableVersionError, ModelVersion
 from tests.conftest import files_under, upload
@@ -165,13 +165,13 @@ def test_version_list_is_paginated_newest_first(api, registered, artifacts):
 @pytest.mark.parametrize("kind, status, needle", [
     ("zip", 201, None), ("tflite", 201, None), ("lambda_h5", 422, "Lambda"),
 ])
-def test_large_artifacts_are_inspected_in_a_subprocess_with_the_same_outcome(
-        api, registered, artifacts, settings, storage_root, kind, status, needle):
-    settings.INSPECT_IN_SUBPROCESS_BYTES = 0  # every artifact counts as large here
+def test_the_inspector_process_reads_artifacts_as_a_direct_read_does(
+        api, registered, artifacts, storage_root, tmp_path, kind, status, needle):
     response = upload(api, "digits", artifacts[kind])
     assert response.status_code == status, response.content
     if status == 201:
-        in_process = inspection._inspect(artifacts[kind], artifacts[kind].name)
+        in_process = inspection.inspect_here(artifacts[kind], artifacts[kind].name, workdir=tmp_path,
+                                             limits=archives.Limits.from_settings())
         assert response.json()["signature"] == in_process.signature
         assert response.json()["format"] == in_process.format
     else:
@@ -181,10 +181,9 @@ def test_large_artifacts_are_inspected_in_a_subprocess_with_the_same_outcome(
 
 
 @pytest.mark.django_db
-def test_unsafe_archive_is_refused_the_same_way_in_the_subprocess(api, registered, settings, storage_root, tmp_path):
+def test_unsafe_archive_is_refused_by_the_inspector(api, registered, storage_root, tmp_path):
     import zipfile
 
-    settings.INSPECT_IN_SUBPROCESS_BYTES = 0
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../../escape.txt", "x")
