@@ -6,7 +6,6 @@ from rest_framework.authtoken.views import obtain_auth_token
 from registry import pages
 
 urlpatterns = [
-    path("", pages.home, name="home"),
     path("admin/", admin.site.urls),
     path("api/v1/auth/token/", obtain_auth_token, name="api-token"),
     path("api/v1/", include("registry.urls")),
@@ -15,4 +14,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", pages.healthz, name="healthz"),
+    path("", include("console.urls")),
 ]
