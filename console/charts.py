@@ -114,7 +114,7 @@ def lineage(nodes: list[Node]) -> SafeString:
     width = max(x for x, _ in place.values()) + NODE_W + 8
     height = max(y for _, y in place.values()) + NODE_H + 8
     parts = [f'<svg class="lineage" viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" '
-             f'height="{height:.0f}" role="img" aria-labelledby="lineage-t">',
+             f'height="{height:.0f}" role="group" aria-labelledby="lineage-t">',
              '<title id="lineage-t">Lineage: each version and the variants made from it</title>']
     for n in nodes:
         if n.parent in place:

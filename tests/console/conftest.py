@@ -24,6 +24,8 @@ def bob(django_user_model):  # type: ignore[no-untyped-def]
 def make_rows(owner, n: int, *, name: str = "rows"):  # type: ignore[no-untyped-def]
     """A model with ``n`` versions (each a variant of v1 after the first), metrics, an alias and
     a release per version, plus a promotion and audit events — what every list page shows."""
+    from django.db import transaction
+
     from optimization.models import OptimizationJob, VersionMetrics
     from registry import audit
     from registry.models import Dataset, ModelAlias, ModelVersion, RegisteredModel
@@ -53,9 +55,10 @@ def make_rows(owner, n: int, *, name: str = "rows"):  # type: ignore[no-untyped-
                                                  "value": 0.001, "message": "ok"}], gates_passed=True)
         Promotion.objects.create(release=release, endpoint=endpoint, state="succeeded",
                                  steps=[{"step": "stage", "message": "copied", "at": "2026-01-01T10:00:00"}])
-        audit.record(actor=owner, action="release.promotion_step", obj=release, model=model, version=v,
-                     after={"endpoint": endpoint.name, "step": "stage"}, comment="copied")
-        audit.record(actor=owner, action="release.create", obj=release, model=model, version=v)
+        with transaction.atomic():
+            audit.record(actor=owner, action="release.promotion_step", obj=release, model=model, version=v,
+                         after={"endpoint": endpoint.name, "step": "stage"}, comment="copied")
+            audit.record(actor=owner, action="release.create", obj=release, model=model, version=v)
         OptimizationJob.objects.create(source=v, recipe={"technique": "auto"}, eval_dataset=ds, created_by=owner,
                                        status="succeeded", candidates=[{"label": "int8", "metrics": {
                                            "accuracy": 0.8}, "within_budget": False, "outcome": "lost"}])
