@@ -46,3 +46,17 @@ def get_item(sequence: Any, index: int) -> Any:
         return sequence[index]
     except (IndexError, TypeError, KeyError):
         return None
+
+
+@register.filter
+def gate_number(value: Any, gate: str) -> str:
+    """A gate's measured value or limit in the gate's one unit."""
+    if gate == "max_accuracy_drop":
+        return formatting.DASH if value is None else f"{float(value) * 100:.2f} pt drop"
+    if gate == "max_p95_latency_ms":
+        return formatting.ms(value)
+    if gate == "min_size_reduction":
+        return formatting.ratio(value)
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or formatting.DASH
+    return formatting.DASH if value is None else str(value)
