@@ -24,7 +24,7 @@ from registry import services as registry
 from registry.api_common import exception_handler
 from registry.errors import RegistryError
 from registry.models import Dataset, ModelVersion, RegisteredModel
-from registry.serializers import AliasInput, VersionCreateInput
+from registry.serializers import AliasInput, DatasetCreateInput, ModelCreateInput, VersionCreateInput
 from registry.uploads import StagedFile
 from releases import promotion, services as releases
 from releases.models import Release
@@ -80,6 +80,44 @@ def models(request: HttpRequest) -> HttpResponse:
     page_obj, rows = selectors.models_page(**params, page=request.GET.get("page"))
     return render(request, "console/models.html", {"page": page_obj, "rows": rows, "params": params,
                                                     **selectors.filter_choices()})
+
+
+@login_required
+def model_create(request: HttpRequest) -> HttpResponse:
+    ctx: dict[str, Any] = {"tasks": RegisteredModel.Task.values}
+    if request.method != "POST":
+        return render(request, "console/model_create.html", ctx)
+
+    def act() -> RegisteredModel:
+        require(request, "registry.add_registeredmodel")
+        return registry.model_create(owner=request.user, **valid(ModelCreateInput, request))
+
+    created, error = attempt(act)
+    if error:
+        return page(request, "console/model_create.html", ctx, error)
+    return redirect("console:model", name=created.name)
+
+
+@login_required
+def dataset_upload(request: HttpRequest, name: str) -> HttpResponse:
+    found, error = attempt(lambda: registry.get_model(name))
+    if error:
+        return page(request, "console/error.html", {}, error)
+    ctx = {"model": found, "numbers": selectors.model_page(found)["ready_numbers"], "roles": Dataset.Role.values}
+    if request.method != "POST":
+        return render(request, "console/dataset_upload.html", ctx)
+
+    def act() -> Dataset:
+        require(request, "registry.add_dataset")
+        data = valid(DatasetCreateInput, request)
+        version = registry.get_version(found, data["version"]) if data.get("version") else None
+        return registry.dataset_create(model=found, staged=StagedFile.from_upload(data["file"]), role=data["role"],
+                                       actor=request.user, check_version=version, name=data["name"])
+
+    _, error = attempt(act)
+    if error:
+        return page(request, "console/dataset_upload.html", ctx, error)
+    return redirect(reverse("console:model", args=[name]) + "#datasets")
 
 
 def _model_context(model: RegisteredModel, request: HttpRequest) -> dict[str, Any]:
@@ -293,6 +331,13 @@ def inbox(request: HttpRequest) -> HttpResponse:
         "awaiting": list(selectors.awaiting_decision(request.user)[:100]),
         "page": selectors.paginate(recent, request.GET.get("page")), "state": state,
         "states": Release.State.choices})
+
+
+@login_required
+@require_GET
+def inbox_count(request: HttpRequest) -> HttpResponse:
+    """The navigation's "awaiting my decision" count, polled by htmx."""
+    return render(request, "console/partials/inbox_count.html")
 
 
 def _release_context(request: HttpRequest, release_id: int) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def console_data(alice, bob):  # type: ignore[no-untyped-def]
 def urls(data: dict) -> dict[str, str]:
     m = data["model"]
     return {"models": "/", "model": f"/models/{m}/", "compare": f"/models/{m}/compare/",
-            "upload": f"/models/{m}/upload/", "optimize": f"/models/{m}/optimize/", "job": f"/jobs/{data['job']}/",
+            "upload": f"/models/{m}/upload/", "dataset": f"/models/{m}/datasets/new/", "new-model": "/new-model/", "optimize": f"/models/{m}/optimize/", "job": f"/jobs/{data['job']}/",
             "releases": "/releases/", "release-pending": f"/releases/{data['pending']}/",
             "release-live": f"/releases/{data['live']}/", "endpoints": "/endpoints/", "audit": "/audit/"}
 

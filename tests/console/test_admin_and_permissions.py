@@ -106,3 +106,22 @@ def test_local_production_endpoint_builds_images_where_an_engine_answers(setting
     call_command("ensure_local_endpoint", repository=str(tmp_path), environment="production",
                  name="local-production", grpc_port=8510, rest_port=8511, images="auto")
     assert Environment.objects.get(name="production").build_image is True
+
+
+@pytest.mark.django_db
+def test_registering_a_model_from_the_console(client, alice, charlie):
+    from registry.models import AuditEvent, RegisteredModel
+
+    client.force_login(charlie)
+    response = client.post("/new-model/", {"name": "ranker", "task": "classification"})
+    assert response.status_code == 403 and not RegisteredModel.objects.filter(name="ranker").exists()
+    client.force_login(alice)
+    response = client.post("/new-model/", {"name": "ranker", "task": "classification", "tags": "nlp, ranking"})
+    assert response.status_code == 302 and response["Location"] == "/models/ranker/"
+    model = RegisteredModel.objects.get(name="ranker")
+    assert sorted(t.name for t in model.tags.all()) == ["nlp", "ranking"] and model.owner == alice
+    assert AuditEvent.objects.filter(action="model.create", actor=alice).count() == 1
+    response = client.post("/new-model/", {"name": "ranker"})
+    assert response.status_code == 409 and "already exists" in response.content.decode()
+    response = client.post("/new-model/", {"name": "Bad Name"})
+    assert response.status_code == 400

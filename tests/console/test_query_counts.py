@@ -11,7 +11,8 @@ BOUND = 40
 
 def pages(model: str, release_id: int, job_id: int) -> list[str]:
     return ["/", f"/models/{model}/", f"/models/{model}/compare/", f"/models/{model}/compare/?" + "&".join(
-        f"v={n}" for n in range(1, 31)), f"/models/{model}/upload/", f"/models/{model}/optimize/",
+        f"v={n}" for n in range(1, 31)), f"/models/{model}/upload/", f"/models/{model}/optimize/", f"/models/{model}/datasets/new/", "/new-model/",
+        "/releases/awaiting-count/",
         "/releases/", f"/releases/{release_id}/", f"/releases/{release_id}/live/", f"/jobs/{job_id}/",
         "/endpoints/", "/audit/"]
 
