@@ -124,11 +124,16 @@ def model_page(model: RegisteredModel, *, page: Any = 1) -> dict[str, Any]:
         "aliases": list(ModelAlias.objects.filter(model=model).select_related("version", "updated_by")),
         "live": _live_by_model([model.pk]).get(model.pk, {}),
         "environments": list(Environment.objects.order_by("name")),
-        "ready_numbers": list(ModelVersion.objects.filter(model=model, status=ModelVersion.Status.READY)
-                              .order_by("-number").values_list("number", flat=True)[:200]),
+        "ready_numbers": ready_numbers(model, limit=20),
         "jobs": list(OptimizationJob.objects.filter(source__model=model).select_related("source", "variant")
                      .order_by("-created_at")[:10]),
     }
+
+
+def ready_numbers(model: RegisteredModel, *, limit: int = 200) -> list[int]:
+    """Numbers of the newest ready versions, for version pickers (older ones can be typed)."""
+    return list(ModelVersion.objects.filter(model=model, status=ModelVersion.Status.READY)
+                .order_by("-number").values_list("number", flat=True)[:limit])
 
 
 def lineage_versions(model: RegisteredModel) -> list[ModelVersion]:

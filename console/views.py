@@ -103,7 +103,7 @@ def dataset_upload(request: HttpRequest, name: str) -> HttpResponse:
     found, error = attempt(lambda: registry.get_model(name))
     if error:
         return page(request, "console/error.html", {}, error)
-    ctx = {"model": found, "numbers": selectors.model_page(found)["ready_numbers"], "roles": Dataset.Role.values}
+    ctx = {"model": found, "numbers": selectors.ready_numbers(found), "roles": Dataset.Role.values}
     if request.method != "POST":
         return render(request, "console/dataset_upload.html", ctx)
 
@@ -172,7 +172,7 @@ def upload(request: HttpRequest, name: str) -> HttpResponse:
     found, error = attempt(lambda: registry.get_model(name))
     if error:
         return page(request, "console/error.html", {}, error)
-    ctx = {"model": found, "numbers": selectors.model_page(found)["ready_numbers"]}
+    ctx = {"model": found, "numbers": selectors.ready_numbers(found)}
     if request.method != "POST":
         return render(request, "console/upload.html", ctx)
 
@@ -221,7 +221,7 @@ def optimize(request: HttpRequest, name: str) -> HttpResponse:
         return page(request, "console/error.html", {}, error)
     from optimization import passes
 
-    ctx = {"model": found, "numbers": selectors.model_page(found)["ready_numbers"],
+    ctx = {"model": found, "numbers": selectors.ready_numbers(found),
            "datasets": list(Dataset.objects.filter(model=found).order_by("role", "-created_at")),
            "techniques": [optimization.MEASURE, *sorted(passes.PASSES)],
            "pipelines": sorted(passes.NAMED_PIPELINES), "objectives": budget.OBJECTIVES,

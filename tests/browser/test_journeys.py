@@ -99,7 +99,7 @@ def test_journey_b_production_release_four_eyes_promote_rollback(new_page, alice
     requester = new_page()
     login(requester, "alice")
     requester.goto("/models/digits/")
-    requester.get_by_label("Version", exact=True).select_option("2")
+    requester.get_by_label("Version", exact=True).fill("2")
     requester.get_by_label("Environment", exact=True).select_option("production")
     requester.get_by_label("Notes", exact=True).fill("smaller and as accurate")
     requester.get_by_role("button", name="Request release").click()

@@ -3,22 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 
-from tests.conftest import ENGINEER_PERMS, _user
-from tests.releases.conftest import RELEASE_PERMS
-
-
-@pytest.fixture
-def alice(django_user_model):  # type: ignore[no-untyped-def]
-    """An ML engineer who may also request and promote releases."""
-    return _user(django_user_model, "alice", ENGINEER_PERMS + RELEASE_PERMS)
-
-
-@pytest.fixture
-def bob(django_user_model):  # type: ignore[no-untyped-def]
-    """A release approver."""
-    return _user(django_user_model, "bob", ["releases.approve_release"])
+from tests.releases.conftest import alice, bob  # noqa: F401  (personas: engineer-requester, approver)
 
 
 def make_rows(owner, n: int, *, name: str = "rows"):  # type: ignore[no-untyped-def]
