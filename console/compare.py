@@ -45,7 +45,7 @@ def _ratio_text(row: MetricRow, mine: Any, parent: Any) -> str:
     if row.better == "low" and a > 0:
         return f"{b / a:.2f}× smaller" if b >= a else f"{a / b:.2f}× larger" if b > 0 else ""
     if row.better == "high" and b > 0:
-        return f"{a / b:.2f}×"
+        return f"{a / b:.2f}× higher" if a >= b else f"{b / a:.2f}× lower"
     return ""
 
 

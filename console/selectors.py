@@ -188,16 +188,19 @@ def awaiting_decision(user: AbstractBaseUser) -> QuerySet[Release]:
 def release_page(release: Release) -> dict[str, Any]:
     approvals = list(release.approvals.select_related("actor"))
     promotions = list(release.promotions.select_related("endpoint").order_by("created_at"))
-    events = list(AuditEvent.objects.filter(object_type="release", object_id=str(release.pk))
-                  .select_related("actor").order_by("created_at", "id")[:200])
+    events = group_steps(list(AuditEvent.objects.filter(object_type=Release._meta.label_lower,
+                                                        object_id=str(release.pk))
+                              .select_related("actor").order_by("-created_at", "-id")[:200]))
     live = (releases_qs().filter(environment=release.environment, version__model=release.version.model_id,
                                  state=Release.State.LIVE).exclude(pk=release.pk).order_by("-updated_at").first())
-    numbers = [release.version_id] + ([live.version_id] if live else [])
-    versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=numbers).prefetch_related(metrics_prefetch())}
+    # Compared with: what is live now, else (this release itself being live, or gone) the
+    # baseline its gates were evaluated against.
+    other = live.version_id if live else release.baseline_id
+    versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=[release.version_id, other])
+                .prefetch_related(metrics_prefetch())}
     return {
         "release": release, "approvals": approvals, "promotions": promotions, "events": events,
-        "live_release": live, "mine": versions[release.version_id],
-        "theirs": versions.get(live.version_id) if live else None,
+        "live_release": live, "mine": versions[release.version_id], "theirs": versions.get(other),
         "endpoints": list(Endpoint.objects.filter(environment=release.environment)),
     }
 
@@ -228,7 +231,7 @@ def audit_page(*, model: str = "", action: str = "", actor: str = "", object_typ
     if actor:
         events = events.filter(actor__username=actor)
     if object_type:
-        events = events.filter(object_type=object_type)
+        events = events.filter(object_type__endswith=object_type)  # "release" or "releases.release"
     page_obj = paginate(events, page, 50)
     return page_obj, group_steps(list(page_obj.object_list))
 

@@ -153,6 +153,8 @@ def test_journey_b_production_release_four_eyes_promote_rollback(new_page, alice
 
     rollback = AuditEvent.objects.get(action="release.rollback", object_id=str(release.pk))
     assert rollback.actor.username == "bob" and rollback.comment.startswith("p95 latency")
+    trail = manager.locator("#trail").inner_text()
+    assert "release.rollback" in trail and "p95 latency regression" in trail and "release.approve" in trail
     assert no_horizontal_overflow(manager)
 
 
