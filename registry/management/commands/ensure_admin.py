@@ -22,6 +22,12 @@ GROUPS: dict[str, list[str]] = {
         "registry.change_modelalias", "registry.delete_modelalias", "registry.view_modelalias",
         "registry.add_dataset", "registry.view_dataset", "registry.view_auditevent",
     ],
+    # Approve, promote and roll back (console release pages): with four-eyes on in production, a
+    # production release needs a second person in this group besides its requester.
+    "release-managers": [
+        "releases.approve_release", "releases.change_release", "releases.view_release",
+        "releases.view_endpoint", "registry.view_auditevent",
+    ],
 }
 
 
