@@ -12,4 +12,6 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated or request.path.startswith(("/admin/", "/api/")):
         return {}
+    if getattr(request, "htmx", False) and not request.path.endswith("/awaiting-count/"):
+        return {}  # a polled partial (job progress, release steps) has no navigation to fill
     return {"awaiting_count": selectors.awaiting_decision(user).count()}

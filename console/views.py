@@ -152,7 +152,9 @@ def model(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def alias_move(request: HttpRequest, name: str) -> HttpResponse:
-    found = registry.get_model(name)
+    found, error = attempt(lambda: registry.get_model(name))
+    if error:
+        return page(request, "console/error.html", {}, error)
 
     def act() -> Any:
         require(request, "registry.change_modelalias")  # the API's PUT /aliases/{alias}
@@ -302,7 +304,9 @@ def compare(request: HttpRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def release_request(request: HttpRequest, name: str) -> HttpResponse:
-    found = registry.get_model(name)
+    found, error = attempt(lambda: registry.get_model(name))
+    if error:
+        return page(request, "console/error.html", {}, error)
 
     def act() -> Release:
         require(request, "releases.add_release")

@@ -2,6 +2,8 @@
 local endpoints `make run` registers."""
 from __future__ import annotations
 
+import html
+
 import pytest
 from django.core.management import call_command
 
@@ -125,3 +127,15 @@ def test_registering_a_model_from_the_console(client, alice, charlie):
     assert response.status_code == 409 and "already exists" in response.content.decode()
     response = client.post("/new-model/", {"name": "Bad Name"})
     assert response.status_code == 400
+
+
+@pytest.mark.django_db
+def test_unknown_model_or_release_is_a_404_page_not_an_error(client, alice):
+    client.force_login(alice)
+    for url in ("/models/nope/", "/models/nope/compare/", "/releases/999/", "/jobs/999/"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+    response = client.post("/models/nope/alias/", {"alias": "a", "version": "1"})
+    assert response.status_code == 404 and "No registered model is named 'nope'" in html.unescape(response.content.decode())
+    response = client.post("/models/nope/release/", {"version": "1", "environment": "production"})
+    assert response.status_code == 404
