@@ -102,8 +102,8 @@ class VersionRow:
 
 
 def versions_qs(model: RegisteredModel) -> QuerySet[ModelVersion]:
-    return (ModelVersion.objects.filter(model=model).select_related("parent", "created_by")
-            .prefetch_related("tags", "aliases", metrics_prefetch(),
+    return (ModelVersion.objects.filter(model=model).select_related("parent")
+            .prefetch_related("aliases", metrics_prefetch(),
                               Prefetch("releases", queryset=Release.objects.select_related("environment")
                                        .order_by("-created_at")))
             .order_by("-number"))
@@ -138,11 +138,13 @@ def ready_numbers(model: RegisteredModel, *, limit: int = 200) -> list[int]:
 
 def lineage_versions(model: RegisteredModel) -> list[ModelVersion]:
     """The newest LINEAGE_LIMIT versions plus the parents they point at (2 queries + metrics)."""
-    newest = list(ModelVersion.objects.filter(model=model).order_by("-number")
+    fields = ("id", "model_id", "number", "parent_id", "source", "metadata", "artifact_size")
+    newest = list(ModelVersion.objects.filter(model=model).order_by("-number").only(*fields)
                   .prefetch_related(metrics_prefetch())[:LINEAGE_LIMIT])
     have = {v.pk for v in newest}
     missing = {v.parent_id for v in newest if v.parent_id and v.parent_id not in have}
-    parents = list(ModelVersion.objects.filter(pk__in=missing).prefetch_related(metrics_prefetch())) if missing else []
+    parents = (list(ModelVersion.objects.filter(pk__in=missing).only(*fields).prefetch_related(metrics_prefetch()))
+               if missing else [])
     return sorted(newest + parents, key=lambda v: v.number)
 
 
