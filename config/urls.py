@@ -17,7 +17,6 @@ handler500 = "registry.errorpages.server_error"
 obtain_auth_token = ObtainAuthToken.as_view(parser_classes=[FormParser, MultiPartParser, JSONParser])
 
 urlpatterns = [
-    path("", pages.home, name="home"),
     path("admin/", admin.site.urls),
     path("api/v1/auth/token/", obtain_auth_token, name="api-token"),
     path("api/v1/", include("registry.urls")),
@@ -26,4 +25,5 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", pages.healthz, name="healthz"),
+    path("", include("console.urls")),
 ]

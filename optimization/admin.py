@@ -11,13 +11,13 @@ from django.utils.html import format_html
 
 from optimization import services
 from optimization.models import OptimizationJob, VersionMetrics
-from registry.admin import ModelVersionAdmin, ReadOnlyAdmin
+from registry.admin import ModelVersionAdmin, NoSaveButtonsMixin, ReadOnlyAdmin
 from registry.errors import RegistryError
 from registry.models import ModelVersion
 
 
 @admin.register(OptimizationJob)
-class OptimizationJobAdmin(admin.ModelAdmin):
+class OptimizationJobAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
     list_display = ["id", "source", "recipe_label", "status", "progress_bar", "stage", "variant", "created_by",
                     "created_at"]
     list_filter = ["status", "source__model"]

@@ -47,12 +47,7 @@ class JobList(generics.ListAPIView):
         return Response(JobOutput(_jobs().get(pk=job.pk)).data, status=status.HTTP_202_ACCEPTED)
 
 
-def _dataset(model, role: str, pk: int) -> Dataset:  # type: ignore[no-untyped-def]
-    found = Dataset.objects.filter(model=model, pk=pk).first()
-    if found is None:
-        raise NotFound(f"Model {model.name!r} has no dataset {pk} (given as the {role} dataset).",
-                       code="dataset_not_found")
-    return found
+_dataset = services.get_dataset
 
 
 class JobDetail(APIView):

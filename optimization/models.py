@@ -82,6 +82,7 @@ class VersionMetrics(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name_plural = "version metrics"
         constraints = [models.UniqueConstraint(fields=["version", "eval_dataset"], name="one_metrics_per_eval")]
 
     def __str__(self) -> str:

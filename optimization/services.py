@@ -364,6 +364,15 @@ def job_finish_succeeded(job: OptimizationJob, *, artifact: Path | None, metrics
         raise
 
 
+def get_dataset(model: Any, role: str, pk: int | str) -> Dataset:
+    """The dataset ``pk`` of ``model``, given as the job's ``role`` dataset (404 if not its own)."""
+    found = Dataset.objects.filter(model=model, pk=pk).first()
+    if found is None:
+        raise NotFound(f"Model {model.name!r} has no dataset {pk} (given as the {role} dataset).",
+                       code="dataset_not_found")
+    return found
+
+
 def get_job(job_id: int | str) -> OptimizationJob:
     try:
         return OptimizationJob.objects.select_related("source__model", "variant", "created_by").get(pk=int(job_id))

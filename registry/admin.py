@@ -358,6 +358,17 @@ class DatasetAdmin(ServiceAdminMixin, admin.ModelAdmin):
 
 # --- Audit (read-only) -----------------------------------------------------------------------
 
+class NoSaveButtonsMixin:
+    """For records whose every field is read-only but whose admin keeps actions (which need the
+    change permission): the change form shows no Save buttons that could not save anything."""
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> Any:
+        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False,
+                         "show_save_and_add_another": False, "show_delete": False}
+        return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Records written only by services (audit events, measurements): viewable, never editable."""
 

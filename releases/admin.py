@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.html import format_html, format_html_join
 
+from registry.admin import NoSaveButtonsMixin
 from registry.errors import RegistryError
 from registry.models import AuditEvent
 from releases import promotion, services
@@ -36,7 +37,7 @@ class ApprovalInline(admin.TabularInline):
 
 
 @admin.register(Release)
-class ReleaseAdmin(admin.ModelAdmin):
+class ReleaseAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
     list_display = ["id", "version", "environment", "state", "gates_badge", "requester", "image_digest", "created_at"]
     list_filter = ["state", "environment", "version__model"]
     list_select_related = ["version__model", "environment", "requester"]
@@ -193,6 +194,7 @@ class EndpointAdmin(admin.ModelAdmin):
     list_filter = ["environment", "kind", "reachable"]
     readonly_fields = ["reachable", "health_display", "health_error", "health_checked_at", "active_container_id",
                        "previous_container_id"]
+    exclude = ["health"]  # written only by health checks; shown read-only as health_display
     inlines = [PromotionInline]
     actions = ["check_health"]
 

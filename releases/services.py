@@ -110,13 +110,22 @@ def release_submit(*, release: Release, actor: AbstractBaseUser) -> Release:
     return release
 
 
-def _check_approver(release: Release, actor: AbstractBaseUser) -> None:
+def approver_refusal(release: Release, actor: AbstractBaseUser) -> Forbidden | None:
+    """Why ``actor`` may not approve or reject ``release`` (None: they may). Pages show it before
+    the click; ``release_approve``/``release_reject`` raise it."""
     if not actor.has_perm("releases.approve_release"):
-        raise Forbidden("Approving or rejecting a release needs the releases.approve_release permission.")
+        return Forbidden("Approving or rejecting a release needs the releases.approve_release permission.")
     four_eyes = release.environment.four_eyes or release.environment.is_production
     if four_eyes and actor.pk == release.requester_id:
-        raise Forbidden(f"Four-eyes rule: {actor} requested release {release.pk} and cannot also decide it "
-                        f"({release.environment.name}). Another approver must.", code="four_eyes")
+        return Forbidden(f"Four-eyes rule: {actor} requested release {release.pk} and cannot also decide it "
+                         f"({release.environment.name}). Another approver must.", code="four_eyes")
+    return None
+
+
+def _check_approver(release: Release, actor: AbstractBaseUser) -> None:
+    refusal = approver_refusal(release, actor)
+    if refusal is not None:
+        raise refusal
 
 
 def _approve(release: Release, *, actor: AbstractBaseUser | None, comment: str, override_reason: str = "") -> Release:

@@ -24,6 +24,12 @@ GROUPS: dict[str, list[str]] = {
     ],
     # Endpoints decide where promotion writes and deletes files and which Docker engine it drives.
     "operators": ["releases.operate_endpoints", "releases.view_endpoint", "registry.view_auditevent"],
+    # Approve, promote and roll back (console release pages): with four-eyes on in production, a
+    # production release needs a second person in this group besides its requester.
+    "release-managers": [
+        "releases.approve_release", "releases.change_release", "releases.view_release",
+        "releases.view_endpoint", "registry.view_auditevent",
+    ],
 }
 
 

@@ -1,0 +1,30 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from console import views
+
+app_name = "console"
+
+urlpatterns = [
+    path("", views.models, name="models"),
+    path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("new-model/", views.model_create, name="model-create"),
+    path("models/<str:name>/", views.model, name="model"),
+    path("models/<str:name>/datasets/new/", views.dataset_upload, name="dataset-upload"),
+    path("models/<str:name>/upload/", views.upload, name="upload"),
+    path("models/<str:name>/optimize/", views.optimize, name="optimize"),
+    path("models/<str:name>/compare/", views.compare, name="compare"),
+    path("models/<str:name>/alias/", views.alias_move, name="alias"),
+    path("models/<str:name>/release/", views.release_request, name="release-request"),
+    path("jobs/<int:job_id>/", views.job, name="job"),
+    path("jobs/<int:job_id>/progress/", views.job_progress, name="job-progress"),
+    path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job-cancel"),
+    path("releases/", views.inbox, name="releases"),
+    path("releases/awaiting-count/", views.inbox_count, name="inbox-count"),
+    path("releases/<int:release_id>/", views.release, name="release"),
+    path("releases/<int:release_id>/live/", views.release_live, name="release-live"),
+    path("releases/<int:release_id>/<str:action>/", views.release_action, name="release-action"),
+    path("endpoints/", views.endpoints, name="endpoints"),
+    path("audit/", views.audit, name="audit"),
+]
