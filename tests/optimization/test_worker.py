@@ -2,67 +2,27 @@
 worker killed with SIGKILL mid-job (the job must not stay `running`, and nothing is left)."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from optimization import services
 from optimization.models import OptimizationJob
 from registry.models import ModelVersion
 from tests.conftest import files_under
+from tests.processes import start_worker, stop, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 LONG_PRUNE = {"technique": "prune", "params": {"epochs": 300, "sparsity": 0.5}}
-
-
-def database_env() -> dict[str, str]:
-    """Point the worker process at the test database this test run uses (SQLite file or PostgreSQL)."""
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return {"MODELYARD_SQLITE_PATH": str(db["NAME"])}
-    from urllib.parse import quote
-
-    auth = f"{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@" if db.get("USER") else ""
-    host = db.get("HOST") or ""
-    netloc = f"{auth}{host}:{db['PORT']}" if host and not host.startswith("/") and db.get("PORT") else auth + (
-        "" if host.startswith("/") else host)
-    query = f"?host={quote(host)}" if host.startswith("/") else ""
-    return {"DATABASE_URL": f"postgres://{netloc}/{db['NAME']}{query}"}
 
 
 @pytest.fixture
 def worker(storage_root, tmp_path):  # type: ignore[no-untyped-def]
     """Start a real task worker on the test database; yields the Popen."""
-    env = {**os.environ, **database_env(), "MODELYARD_STORAGE_ROOT": str(storage_root),
-           "MODELYARD_JOB_HEARTBEAT_TIMEOUT": "3", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(tmp_path / "worker.log", "wb")
-    proc = subprocess.Popen([sys.executable, "manage.py", "db_worker", "--queue-name", "default", "--interval",
-                             "0.2", "--no-startup-delay", "--no-reload"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = start_worker(storage_root=storage_root, log_path=tmp_path / "worker.log",
+                        MODELYARD_JOB_HEARTBEAT_TIMEOUT="3")
     yield proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log.close()
-
-
-def wait_for(predicate, timeout: float = 120, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    stop(proc)
 
 
 def job_state(job_id: int) -> OptimizationJob:
