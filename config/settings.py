@@ -167,15 +167,20 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Background tasks (django-tasks): the database backend and its worker by default ---------
+# Queues by need: `gpu` (training passes), `cpu` (conversions, measuring), `deploy` (image builds,
+# promotions, endpoint health); `default` stays for tasks enqueued before the split. `make run`'s
+# worker serves them all; the fleet runs one worker per queue (deploy/README.md).
 TASKS = {
     "default": {
         "BACKEND": env_str("MODELYARD_TASKS_BACKEND", "django_tasks_db.DatabaseBackend"),
-        "QUEUES": ["default", "gpu"],
+        "QUEUES": ["default", "gpu", "cpu", "deploy"],
     }
 }
 
-# A running optimization job whose worker sent no heartbeat for this long is marked failed.
+# A running optimization job whose worker sent no heartbeat for this long is reaped (manage.py
+# reap_jobs): queued again for another worker while it has attempts left, failed otherwise.
 OPTIMIZATION_HEARTBEAT_TIMEOUT = env_int("MODELYARD_JOB_HEARTBEAT_TIMEOUT", 120, minimum=2)
+OPTIMIZATION_MAX_ATTEMPTS = env_int("MODELYARD_JOB_MAX_ATTEMPTS", 2, minimum=1)
 
 # --- Releases: image builds -------------------------------------------------------------------
 DOCKER_HOST = env_str("DOCKER_HOST", "")  # empty: the docker SDK's defaults (DOCKER_HOST, the local socket)

@@ -6,6 +6,7 @@ import signal
 import time
 
 import pytest
+from django.core.management import call_command
 
 from optimization import services
 from optimization.models import OptimizationJob
@@ -58,16 +59,18 @@ def test_cancelling_a_running_job_stops_it_at_the_next_epoch(api, digits_model, 
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_worker_does_not_leave_the_job_running(api, digits_model, worker, storage_root, settings):
     settings.OPTIMIZATION_HEARTBEAT_TIMEOUT = 3
+    settings.OPTIMIZATION_MAX_ATTEMPTS = 1  # no retry: the job fails with the reason (retries: tests/test_fleet.py)
     blobs_before = set(files_under(storage_root / "blobs"))
     job_id = api.post("/api/v1/optimization-jobs/", {"model": "digits", "version": 1, "recipe": LONG_PRUNE},
                       format="json").json()["id"]
     wait_for(lambda: job_state(job_id).stage.startswith("prune"), what="training to start")
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
-    assert job_state(job_id).status == "running"  # nobody told the database
     time.sleep(4)
-    body = api.get(f"/api/v1/optimization-jobs/{job_id}/").json()  # reads reap stale jobs
-    assert body["status"] == "failed"
+    assert api.get(f"/api/v1/optimization-jobs/{job_id}/").json()["status"] == "running"  # reads never reap
+    call_command("reap_jobs")  # what the fleet's `reap_jobs --loop` does on its schedule
+    body = api.get(f"/api/v1/optimization-jobs/{job_id}/").json()
+    assert body["status"] == "failed" and body["attempt"] == 1 and body["device"] == "cpu"
     assert "stopped" in body["error"] and "Nothing was registered" in body["error"]
     assert ModelVersion.objects.count() == 1
     assert files_under(storage_root / "tmp") == []  # the dead worker's scratch directory is gone
@@ -75,4 +78,7 @@ def test_a_killed_worker_does_not_leave_the_job_running(api, digits_model, worke
     from optimization.models import VersionMetrics
 
     assert {b.split("/")[-1] for b in new_blobs} <= set(VersionMetrics.objects.values_list("outputs_sha256", flat=True))
+    from django_tasks_db.models import DBTaskResult
+
+    assert DBTaskResult.objects.get().status == "FAILED"  # the dead worker's task row is closed too
     assert services.jobs_reap_stale() == 0  # already reaped; reaping is idempotent

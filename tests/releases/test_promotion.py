@@ -16,7 +16,7 @@ from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F
 @pytest.fixture
 def immediate(settings):  # type: ignore[no-untyped-def]
     settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
-                                  "QUEUES": ["default"]}}
+                                  "QUEUES": ["default", "gpu", "cpu", "deploy"]}}
 
 
 @pytest.fixture
