@@ -181,6 +181,8 @@ TASKS = {
 # reap_jobs): queued again for another worker while it has attempts left, failed otherwise.
 OPTIMIZATION_HEARTBEAT_TIMEOUT = env_int("MODELYARD_JOB_HEARTBEAT_TIMEOUT", 120, minimum=2)
 OPTIMIZATION_MAX_ATTEMPTS = env_int("MODELYARD_JOB_MAX_ATTEMPTS", 2, minimum=1)
+# Where a worker unpacks and trains (a host's local disk in the fleet); empty: the storage root's tmp/.
+JOB_SCRATCH_DIR = env_str("MODELYARD_JOB_SCRATCH_DIR", "")
 
 # --- Releases: image builds -------------------------------------------------------------------
 DOCKER_HOST = env_str("DOCKER_HOST", "")  # empty: the docker SDK's defaults (DOCKER_HOST, the local socket)

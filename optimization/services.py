@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -217,8 +217,8 @@ def jobs_reap_stale(*, older_than: timedelta | None = None) -> int:
     stale = list(OptimizationJob.objects.select_related("source__model")
                  .filter(status=OptimizationJob.Status.RUNNING, heartbeat_at__lt=cutoff))
     reaped = sum(_reap_one(job, cutoff) for job in stale)
-    for job in stale:
-        _remove_scratch(job.pk)  # the dead worker's, when it shared this host's storage
+    if reaped:
+        sweep_scratch()  # the dead worker's, when it used this host's scratch directory
     return reaped
 
 
@@ -280,6 +280,7 @@ def job_run(*, job_id: int) -> None:
     OptimizationJob.objects.filter(pk=job_id, attempt=job.attempt).update(device=job.device)
     heartbeat = _Heartbeat(job_id, job.attempt)
     heartbeat.start()
+    sweep_scratch()  # what a worker killed earlier on this host left behind
     workdir = _make_scratch(job_id)
     try:
         JobRunner(job, workdir).run()
@@ -289,7 +290,9 @@ def job_run(*, job_id: int) -> None:
 
 
 def _scratch_root() -> Path:
-    root = Path(settings.FILE_UPLOAD_TEMP_DIR)
+    """This host's scratch directory for jobs: MODELYARD_JOB_SCRATCH_DIR (local disk of a worker
+    host), or the storage root's tmp/ by default."""
+    root = Path(settings.JOB_SCRATCH_DIR or settings.FILE_UPLOAD_TEMP_DIR)
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -298,9 +301,21 @@ def _make_scratch(job_id: int) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_scratch_root()))
 
 
-def _remove_scratch(job_id: int) -> None:
-    for path in _scratch_root().glob(f"job-{job_id}-*"):
+def sweep_scratch() -> int:
+    """Remove scratch directories (``job-<id>-*``) of jobs that are not running: a worker killed
+    mid-job cannot clean up after itself. A running job's directory is kept, whichever worker on
+    this host runs it. Returns how many were removed."""
+    dirs: dict[int, list[Path]] = {}
+    for path in _scratch_root().glob("job-*-*"):
+        job_id = path.name.split("-")[1]
+        if job_id.isdigit():
+            dirs.setdefault(int(job_id), []).append(path)
+    running = set(OptimizationJob.objects.filter(pk__in=dirs, status=OptimizationJob.Status.RUNNING)
+                  .values_list("pk", flat=True))
+    removed = [path for job_id, paths in dirs.items() if job_id not in running for path in paths]
+    for path in removed:
         shutil.rmtree(path, ignore_errors=True)
+    return len(removed)
 
 
 class _Heartbeat:
@@ -432,12 +447,18 @@ def metrics_store(*, version: ModelVersion, eval_dataset: Dataset, metrics: dict
     unused = sha
     try:
         with transaction.atomic():
-            existing = (VersionMetrics.objects.select_for_update()
-                        .filter(version=version, eval_dataset=eval_dataset).first())
+            stored = VersionMetrics.objects.select_for_update().filter(version=version, eval_dataset=eval_dataset)
+            existing = stored.first()
             if existing is None:
-                unused = ""
-                return VersionMetrics.objects.create(version=version, eval_dataset=eval_dataset, reference=None,
-                                                     metrics=metrics, samples=samples, outputs_sha256=sha)
+                try:
+                    with transaction.atomic():  # a savepoint: the unique constraint decides a race
+                        created = VersionMetrics.objects.create(
+                            version=version, eval_dataset=eval_dataset, reference=None, metrics=metrics,
+                            samples=samples, outputs_sha256=sha)
+                    unused = ""
+                    return created
+                except IntegrityError:  # two workers measured the same parent at once (no row to lock)
+                    existing = stored.get()
             before = existing.metrics.get("harness_version", 1)
             if before >= metrics.get("harness_version", 1):
                 return existing

@@ -41,14 +41,21 @@ def wait_for(predicate: Callable[[], T], timeout: float = 120, what: str = "cond
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_worker(*, storage_root: Path, log_path: Path, queues: str = "*", **env: str) -> subprocess.Popen[bytes]:
-    """A real ``manage.py db_worker`` on the test database, serving ``queues`` (comma list)."""
+def start_manage(argv: list[str], *, storage_root: Path, log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """A real ``manage.py`` command on the test database and storage root."""
     full_env = {**os.environ, **database_env(), "MODELYARD_STORAGE_ROOT": str(storage_root),
                 "TF_CPP_MIN_LOG_LEVEL": "2", **env}
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "manage.py", "db_worker", "--queue-name", queues, "--interval",
-                                 "0.2", "--no-startup-delay", "--no-reload"], cwd=ROOT, env=full_env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "manage.py", *argv], cwd=ROOT, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def start_worker(*, storage_root: Path, log_path: Path, queues: str = "*", worker_id: str | None = None,
+                 **env: str) -> subprocess.Popen[bytes]:
+    """A real ``manage.py db_worker`` serving ``queues`` (a comma list, or ``*``)."""
+    argv = ["db_worker", "--queue-name", queues, "--interval", "0.2", "--no-startup-delay", "--no-reload"]
+    return start_manage(argv + (["--worker-id", worker_id] if worker_id else []), storage_root=storage_root,
+                        log_path=log_path, **env)
 
 
 def stop(proc: subprocess.Popen[Any], timeout: float = 20) -> None:
