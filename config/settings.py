@@ -4,6 +4,7 @@ The embedded default needs no configuration at all: SQLite and local storage und
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -48,6 +49,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.prometheus.PrometheusMiddleware",  # first: it times everything below it
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -200,6 +202,16 @@ PROMOTION_DEADLINE = env_int("MODELYARD_PROMOTION_DEADLINE", 120, minimum=1)  # 
 # docker endpoints: the route file each switch rewrites, read by `manage.py route_endpoint`.
 ROUTES_DIR = Path(env_str("MODELYARD_ROUTES_DIR", str(VAR_DIR / "routes")))
 PROMOTION_RPC_TIMEOUT = env_int("MODELYARD_PROMOTION_RPC_TIMEOUT", 10, minimum=1)
+
+# --- /metrics (config/prometheus.py) -----------------------------------------------------------
+METRICS_ALLOW = env_list("MODELYARD_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])  # addresses/networks
+METRICS_TOKEN = env_str("MODELYARD_METRICS_TOKEN", "")  # or _FILE; when set, required instead of METRICS_ALLOW
+try:
+    [ipaddress.ip_network(net, strict=False) for net in METRICS_ALLOW]
+except ValueError as exc:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"MODELYARD_METRICS_ALLOW: {exc}") from exc
 
 LOGGING = {
     "version": 1,
