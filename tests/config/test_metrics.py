@@ -2,7 +2,6 @@
 only from allowed addresses or with the bearer token."""
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pytest
@@ -10,14 +9,7 @@ from django.test import Client
 from django.utils import timezone
 
 from registry import audit
-
-
-def series(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
-        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or "")) == labels:
-            return float(match.group(2))
-    return None
+from tests.prometheus_text import sample as series
 
 
 @pytest.mark.django_db

@@ -2,25 +2,15 @@
 metric names, counting gRPC and REST inference calls by model and status."""
 from __future__ import annotations
 
-import re
-
 import grpc
 import numpy as np
 import requests
 
 from serving_contract import assert_rpc_error, predict_request, write_config
+from tests.prometheus_text import sample
 
 X = np.ones((1, 4), np.float32)
 PATH = "/monitoring/prometheus/metrics"
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of the series with exactly these labels (order-free)."""
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
-        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) == labels:
-            return float(match.group(2))
-    return None
 
 
 def test_prometheus_endpoint_counts_grpc_and_rest_predictions(launch, artifacts, tmp_path):
@@ -40,6 +30,7 @@ def test_prometheus_endpoint_counts_grpc_and_rest_predictions(launch, artifacts,
     assert scraped.status_code == 200 and scraped.headers["Content-Type"].startswith("text/plain")
     text = scraped.text
     assert "# TYPE :tensorflow:serving:request_count counter" in text
+    assert '\n:tensorflow:serving:request_count{model_name="toy",status="OK"} 4\n' in text  # TF's name, no _total
     assert sample(text, ":tensorflow:serving:request_count", model_name="toy", status="OK") == 4
     assert sample(text, ":tensorflow:serving:request_count", model_name="nope", status="NOT_FOUND") == 1
     assert sample(text, ":tensorflow:serving:request_latency_count", model_name="toy", API="predict",
