@@ -4,6 +4,7 @@ The embedded default needs no configuration at all: SQLite and local storage und
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -50,6 +51,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.prometheus.PrometheusMiddleware",  # first: it times everything below it
     "registry.requestid.RequestIdMiddleware",  # first: every response, error pages too, carries X-Request-ID
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -191,15 +193,22 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Background tasks (django-tasks): the database backend and its worker by default ---------
+# Queues by need: `gpu` (training passes), `cpu` (conversions, measuring), `deploy` (image builds,
+# promotions, endpoint health); `default` stays for tasks enqueued before the split. `make run`'s
+# worker serves them all; the fleet runs one worker per queue (deploy/README.md).
 TASKS = {
     "default": {
         "BACKEND": env_str("MODELYARD_TASKS_BACKEND", "django_tasks_db.DatabaseBackend"),
-        "QUEUES": ["default", "gpu"],
+        "QUEUES": ["default", "gpu", "cpu", "deploy"],
     }
 }
 
-# A running optimization job whose worker sent no heartbeat for this long is marked failed.
+# A running optimization job whose worker sent no heartbeat for this long is reaped (manage.py
+# reap_jobs): queued again for another worker while it has attempts left, failed otherwise.
 OPTIMIZATION_HEARTBEAT_TIMEOUT = env_int("MODELYARD_JOB_HEARTBEAT_TIMEOUT", 120, minimum=2)
+OPTIMIZATION_MAX_ATTEMPTS = env_int("MODELYARD_JOB_MAX_ATTEMPTS", 2, minimum=1)
+# Where a worker unpacks and trains (a host's local disk in the fleet); empty: the storage root's tmp/.
+JOB_SCRATCH_DIR = env_str("MODELYARD_JOB_SCRATCH_DIR", "")
 
 # --- Releases: image builds -------------------------------------------------------------------
 DOCKER_HOST = env_str("DOCKER_HOST", "")  # empty: the docker SDK's defaults (DOCKER_HOST, the local socket)
@@ -222,6 +231,16 @@ PROMOTION_RPC_TIMEOUT = env_int("MODELYARD_PROMOTION_RPC_TIMEOUT", 10, minimum=1
 SERVING_ROOTS = env_list("MODELYARD_SERVING_ROOTS", [str(VAR_DIR / "serving")])
 # Docker engines a docker endpoint may name; an endpoint without docker_host uses DOCKER_HOST.
 DOCKER_HOSTS = env_list("MODELYARD_DOCKER_HOSTS", [DOCKER_HOST or "unix:///var/run/docker.sock"])
+
+# --- /metrics (config/prometheus.py) -----------------------------------------------------------
+METRICS_ALLOW = env_list("MODELYARD_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])  # addresses/networks
+METRICS_TOKEN = env_str("MODELYARD_METRICS_TOKEN", "")  # or _FILE; when set, required instead of METRICS_ALLOW
+try:
+    [ipaddress.ip_network(net, strict=False) for net in METRICS_ALLOW]
+except ValueError as exc:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"MODELYARD_METRICS_ALLOW: {exc}") from exc
 
 LOGGING = {
     "version": 1,

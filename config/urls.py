@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.parsers import FormParser, MultiPartParser
 
+from config import prometheus
 from registry import pages
 from registry.parsers import JSONParser
 from registry.schema import SchemaView
@@ -25,5 +26,6 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", pages.healthz, name="healthz"),
+    path("metrics", prometheus.metrics_view, name="metrics"),
     path("", include("console.urls")),
 ]

@@ -20,7 +20,7 @@ from registry.models import ModelVersion
 class OptimizationJobAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
     list_display = ["id", "source", "recipe_label", "status", "progress_bar", "stage", "variant", "created_by",
                     "created_at"]
-    list_filter = ["status", "source__model"]
+    list_filter = ["status", "queue", "source__model"]
     list_select_related = ["source__model", "variant__model", "created_by"]
     search_fields = ["source__model__name", "message", "error"]
     actions = ["cancel_jobs"]
@@ -29,7 +29,7 @@ class OptimizationJobAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
         ("Datasets", {"fields": ["train_dataset", "eval_dataset", "calibration_dataset"]}),
         ("Result", {"fields": ["variant", "candidates_display"]}),
         ("Run", {"fields": ["created_by", "created_at", "started_at", "finished_at", "heartbeat_at", "worker",
-                            "cancel_requested", "log"]}),
+                            "queue", "device", "attempt", "cancel_requested", "log"]}),
     ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:

@@ -29,7 +29,6 @@ class JobList(generics.ListAPIView):
     filterset_fields = ["status"]
 
     def get_queryset(self) -> QuerySet[OptimizationJob]:
-        services.jobs_reap_stale()
         jobs = _jobs()
         if model := self.request.query_params.get("model"):
             jobs = jobs.filter(source__model__name=model)
@@ -55,7 +54,6 @@ class JobDetail(APIView):
 
     @extend_schema(responses=JobOutput)
     def get(self, request: Request, job_id: int) -> Response:
-        services.jobs_reap_stale()
         return Response(JobOutput(services.get_job(job_id)).data)
 
 

@@ -40,6 +40,11 @@ class OptimizationJob(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True,
                                         help_text="Refreshed while a worker runs the job; stale = worker gone.")
     worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the worker running it.")
+    # The fleet (deploy/README.md): training goes to `gpu` workers, conversions and measuring to `cpu`.
+    queue = models.CharField(max_length=32, default="cpu", help_text="Task queue the job was enqueued on.")
+    device = models.CharField(max_length=200, blank=True,
+                              help_text="What the worker computed on: its GPUs (e.g. GPU:0), or cpu.")
+    attempt = models.PositiveIntegerField(default=0, help_text="Runs started; a lost worker's job runs again.")
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -240,6 +240,14 @@ class JobRunner:
         services.job_log(self.job.pk, line)
 
 
+def compute_device() -> str:
+    """What this worker computes on, recorded on the job: its GPUs (``GPU:0,GPU:1``) or ``cpu``."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return ",".join(g.name.removeprefix("/physical_device:") for g in gpus) or "cpu"
+
+
 def reusable_metrics(version: ModelVersion, eval_dataset: Dataset) -> VersionMetrics | None:
     """The stored run of ``version`` on ``eval_dataset`` if this harness can reuse it: it kept its
     outputs and was measured by the current harness (older ones are measured again)."""

@@ -51,7 +51,8 @@ class JobOutput(serializers.ModelSerializer):
         model = OptimizationJob
         fields = ["id", "model", "version", "recipe", "datasets", "status", "progress", "stage", "message",
                   "error", "log", "candidates", "variant", "cancel_requested", "created_by", "created_at",
-                  "started_at", "finished_at", "duration_seconds", "heartbeat_at", "worker"]
+                  "started_at", "finished_at", "duration_seconds", "heartbeat_at", "worker",
+                  "queue", "device", "attempt"]
 
     def get_datasets(self, job: OptimizationJob) -> dict[str, Any]:
         return {"train": job.train_dataset_id, "eval": job.eval_dataset_id,

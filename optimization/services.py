@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
@@ -61,6 +61,17 @@ class Plan:
     auto: budget_mod.Budget | None = None
     candidates: list[dict[str, Any]] | None = None
     needs: frozenset[str] = frozenset()
+
+    @property
+    def queue(self) -> str:
+        """The task queue this job needs: a step that needs a train dataset trains (prune,
+        cluster, QAT, distill, fine-tune; auto when a candidate does), and training belongs on a
+        GPU worker; conversions and measuring run on any CPU worker."""
+        return QUEUE_GPU if "train" in self.needs else QUEUE_CPU
+
+
+# Task queues by need (settings.TASKS QUEUES; deploy/README.md says which worker serves which).
+QUEUE_GPU, QUEUE_CPU = "gpu", "cpu"
 
 
 # Not a compression: measure the version itself on the eval dataset (a plain upload has no metrics
@@ -177,14 +188,21 @@ def job_create(*, source: ModelVersion, recipe: Any, actor: AbstractBaseUser,
               for role in ("train", "eval", "calibration")}
     job = OptimizationJob.objects.create(
         source=source, recipe=plan.recipe, train_dataset=chosen["train"], eval_dataset=chosen["eval"],
-        calibration_dataset=chosen["calibration"], created_by=actor, stage="queued",
-        message="Waiting for a worker.")
+        calibration_dataset=chosen["calibration"], created_by=actor, stage="queued", queue=plan.queue,
+        message=f"Waiting for a {plan.queue} worker.")
     audit.record(actor=actor, action="optimization_job.create", obj=job, model=source.model, version=source,
                  after={"recipe": plan.recipe, "datasets": {r: d.pk if d else None for r, d in chosen.items()}})
+    _enqueue(job)
+    return job
+
+
+def _enqueue(job: OptimizationJob) -> None:
+    """Enqueue the job's run on its queue once the transaction commits (only workers serving that
+    queue take it: a training job waits for a GPU worker instead of running on a CPU one)."""
     from optimization.tasks import run_optimization_job
 
-    transaction.on_commit(lambda: run_optimization_job.enqueue(job.pk))
-    return job
+    task = run_optimization_job.using(queue_name=job.queue)
+    transaction.on_commit(lambda: task.enqueue(job.pk))
 
 
 # --- cancel and reap -------------------------------------------------------------------------
@@ -209,24 +227,56 @@ def job_cancel(*, job: OptimizationJob, actor: AbstractBaseUser) -> Optimization
 
 
 def jobs_reap_stale(*, older_than: timedelta | None = None) -> int:
-    """Fail running jobs whose worker stopped sending heartbeats (killed, OOM, machine lost)."""
+    """Jobs whose worker stopped sending heartbeats (killed, OOM, machine lost): queue them again
+    for another worker while attempts remain (settings.OPTIMIZATION_MAX_ATTEMPTS), fail them with
+    the reason otherwise. Run on a schedule (``manage.py reap_jobs --loop``), never in a request.
+    Returns how many jobs were reaped; safe to run from several processes at once."""
     limit = older_than or timedelta(seconds=settings.OPTIMIZATION_HEARTBEAT_TIMEOUT)
     cutoff = timezone.now() - limit
-    stale = list(OptimizationJob.objects.filter(status=OptimizationJob.Status.RUNNING, heartbeat_at__lt=cutoff))
-    reaped = 0
-    for job in stale:
-        with transaction.atomic():
-            if OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING,
-                                              heartbeat_at__lt=cutoff).update(
-                    status=OptimizationJob.Status.FAILED, finished_at=timezone.now(),
-                    error=(f"The worker running this job ({job.worker or 'unknown'}) stopped: no heartbeat since "
-                           f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Nothing was registered; run the job again."),
-                    message="Worker lost."):
-                audit.record(actor=None, action="optimization_job.fail", obj=job, model=job.source.model,
-                             version=job.source, comment="worker lost (no heartbeat)")
-                reaped += 1
-        _remove_scratch(job.pk)
+    stale = list(OptimizationJob.objects.select_related("source__model")
+                 .filter(status=OptimizationJob.Status.RUNNING, heartbeat_at__lt=cutoff))
+    reaped = sum(_reap_one(job, cutoff) for job in stale)
+    if reaped:
+        sweep_scratch()  # the dead worker's, when it used this host's scratch directory
     return reaped
+
+
+@transaction.atomic
+def _reap_one(job: OptimizationJob, cutoff: Any) -> bool:
+    lost = (f"The worker running attempt {job.attempt} ({job.worker or 'unknown'}) stopped: no heartbeat since "
+            f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC.")
+    running = OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING,
+                                             attempt=job.attempt, heartbeat_at__lt=cutoff)
+    if job.attempt < settings.OPTIMIZATION_MAX_ATTEMPTS:
+        if not running.update(status=OptimizationJob.Status.QUEUED, heartbeat_at=None, progress=0.0,
+                              stage="queued", message=f"{lost} Queued again for another {job.queue} worker.",
+                              log=Concat(F("log"), Value(f"[{timezone.now():%H:%M:%S}] {lost} Retrying.\n"))):
+            return False
+        audit.record(actor=None, action="optimization_job.retry", obj=job, model=job.source.model,
+                     version=job.source, comment=f"worker lost (no heartbeat) during attempt {job.attempt}")
+        _enqueue(job)
+    else:
+        attempts = f"after {job.attempt} attempts" if job.attempt > 1 else "on its only attempt"
+        if not running.update(status=OptimizationJob.Status.FAILED, finished_at=timezone.now(),
+                              error=f"{lost} Failed {attempts}. Nothing was registered; run the job again.",
+                              message="Worker lost."):
+            return False
+        audit.record(actor=None, action="optimization_job.fail", obj=job, model=job.source.model,
+                     version=job.source, comment="worker lost (no heartbeat)")
+    _fail_orphan_task_results(job)
+    return True
+
+
+def _fail_orphan_task_results(job: OptimizationJob) -> None:
+    """The database task backend still shows the dead worker's task as running: close it, so
+    queue metrics and the admin tell the truth (another backend keeps its own books)."""
+    from django_tasks import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING, task_path="optimization.tasks.run_optimization_job",
+                                args_kwargs__args=[job.pk]).update(
+        status=TaskResultStatus.FAILED, finished_at=timezone.now(), exception_class_path="builtins.RuntimeError",
+        traceback=f"worker lost: {job.worker or 'unknown'} (reaped by heartbeat timeout)")
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -236,16 +286,20 @@ def job_run(*, job_id: int) -> None:
     now = timezone.now()
     claimed = OptimizationJob.objects.filter(pk=job_id, status=OptimizationJob.Status.QUEUED).update(
         status=OptimizationJob.Status.RUNNING, started_at=now, heartbeat_at=now, progress=0.0,
-        worker=f"{socket.gethostname()}:{os.getpid()}", stage="starting", message="Started.")
+        attempt=F("attempt") + 1, worker=f"{socket.gethostname()}:{os.getpid()}", stage="starting",
+        message="Started.")
     if not claimed:
         log.info("job %s is not queued; skipping", job_id)
         return
     job = OptimizationJob.objects.select_related("source__model", "train_dataset", "eval_dataset",
                                                  "calibration_dataset", "created_by").get(pk=job_id)
-    from optimization.runner import JobRunner  # TensorFlow lives behind this import
+    from optimization.runner import JobRunner, compute_device  # TensorFlow lives behind this import
 
-    heartbeat = _Heartbeat(job_id)
+    job.device = compute_device()
+    OptimizationJob.objects.filter(pk=job_id, attempt=job.attempt).update(device=job.device)
+    heartbeat = _Heartbeat(job_id, job.attempt)
     heartbeat.start()
+    sweep_scratch()  # what a worker killed earlier on this host left behind
     workdir = _make_scratch(job_id)
     try:
         JobRunner(job, workdir).run()
@@ -255,7 +309,9 @@ def job_run(*, job_id: int) -> None:
 
 
 def _scratch_root() -> Path:
-    root = Path(settings.FILE_UPLOAD_TEMP_DIR)
+    """This host's scratch directory for jobs: MODELYARD_JOB_SCRATCH_DIR (local disk of a worker
+    host), or the storage root's tmp/ by default."""
+    root = Path(settings.JOB_SCRATCH_DIR or settings.FILE_UPLOAD_TEMP_DIR)
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -264,16 +320,29 @@ def _make_scratch(job_id: int) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=_scratch_root()))
 
 
-def _remove_scratch(job_id: int) -> None:
-    for path in _scratch_root().glob(f"job-{job_id}-*"):
+def sweep_scratch() -> int:
+    """Remove scratch directories (``job-<id>-*``) of jobs that are not running: a worker killed
+    mid-job cannot clean up after itself. A running job's directory is kept, whichever worker on
+    this host runs it. Returns how many were removed."""
+    dirs: dict[int, list[Path]] = {}
+    for path in _scratch_root().glob("job-*-*"):
+        job_id = path.name.split("-")[1]
+        if job_id.isdigit():
+            dirs.setdefault(int(job_id), []).append(path)
+    running = set(OptimizationJob.objects.filter(pk__in=dirs, status=OptimizationJob.Status.RUNNING)
+                  .values_list("pk", flat=True))
+    removed = [path for job_id, paths in dirs.items() if job_id not in running for path in paths]
+    for path in removed:
         shutil.rmtree(path, ignore_errors=True)
+    return len(removed)
 
 
 class _Heartbeat:
     """Refresh ``heartbeat_at`` from a side thread, so a long epoch never looks like a dead worker."""
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, attempt: int) -> None:
         self.job_id = job_id
+        self.attempt = attempt  # a worker thought lost must not keep a later attempt alive
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -289,7 +358,8 @@ class _Heartbeat:
 
         try:
             while not self._stop.wait(heartbeat_interval()):
-                OptimizationJob.objects.filter(pk=self.job_id, status=OptimizationJob.Status.RUNNING).update(
+                OptimizationJob.objects.filter(pk=self.job_id, status=OptimizationJob.Status.RUNNING,
+                                               attempt=self.attempt).update(
                     heartbeat_at=timezone.now())
         except Exception:  # a missed heartbeat is only a risk of being reaped; never crash the job
             log.exception("heartbeat for job %s failed", self.job_id)
@@ -312,10 +382,15 @@ def job_log(job_id: int, line: str) -> None:
     OptimizationJob.objects.filter(pk=job_id).update(log=Concat(F("log"), Value(f"[{stamp}] {line}\n")))
 
 
+def _this_attempt(job: OptimizationJob) -> Any:
+    """The job's row while this run still owns it: running, and not retried since it started."""
+    return OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING, attempt=job.attempt)
+
+
 def job_finish_failed(job: OptimizationJob, *, error: str, cancelled: bool = False) -> None:
     status = OptimizationJob.Status.CANCELLED if cancelled else OptimizationJob.Status.FAILED
     with transaction.atomic():
-        updated = OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING).update(
+        updated = _this_attempt(job).update(
             status=status, finished_at=timezone.now(), error="" if cancelled else error[:5000],
             message=error[:500])
         if updated:
@@ -336,6 +411,10 @@ def job_finish_succeeded(job: OptimizationJob, *, artifact: Path | None, metrics
     created_blobs: list[str] = []
     try:
         with transaction.atomic():
+            # Lock the job row first: only the attempt that still owns the job registers a variant
+            # (a worker that was reaped and retried elsewhere must not register a second one).
+            if not list(_this_attempt(job).select_for_update().values_list("pk", flat=True)):
+                raise Conflict("The job was reaped or cancelled while finishing; nothing registered.")
             variant = None
             if staged is not None:
                 variant = registry.version_create(
@@ -349,7 +428,7 @@ def job_finish_succeeded(job: OptimizationJob, *, artifact: Path | None, metrics
                 VersionMetrics.objects.create(
                     version=variant, eval_dataset=job.eval_dataset, reference=job.source, metrics=metrics or {},
                     samples=samples, outputs_sha256=outputs_staged.sha256 if outputs_staged else "")
-            updated = OptimizationJob.objects.filter(pk=job.pk, status=OptimizationJob.Status.RUNNING).update(
+            updated = _this_attempt(job).update(
                 status=OptimizationJob.Status.SUCCEEDED, finished_at=timezone.now(), progress=100.0,
                 stage="done", message=message[:500], variant=variant, candidates=candidates)
             if not updated:
@@ -396,12 +475,18 @@ def metrics_store(*, version: ModelVersion, eval_dataset: Dataset, metrics: dict
     unused = sha
     try:
         with transaction.atomic():
-            existing = (VersionMetrics.objects.select_for_update()
-                        .filter(version=version, eval_dataset=eval_dataset).first())
+            stored = VersionMetrics.objects.select_for_update().filter(version=version, eval_dataset=eval_dataset)
+            existing = stored.first()
             if existing is None:
-                unused = ""
-                return VersionMetrics.objects.create(version=version, eval_dataset=eval_dataset, reference=None,
-                                                     metrics=metrics, samples=samples, outputs_sha256=sha)
+                try:
+                    with transaction.atomic():  # a savepoint: the unique constraint decides a race
+                        created = VersionMetrics.objects.create(
+                            version=version, eval_dataset=eval_dataset, reference=None, metrics=metrics,
+                            samples=samples, outputs_sha256=sha)
+                    unused = ""
+                    return created
+                except IntegrityError:  # two workers measured the same parent at once (no row to lock)
+                    existing = stored.get()
             before = existing.metrics.get("harness_version", 1)
             if before >= metrics.get("harness_version", 1):
                 return existing

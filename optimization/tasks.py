@@ -7,11 +7,11 @@ from django_tasks import task
 from optimization import services
 
 
-@task(queue_name="default")
+@task(queue_name="cpu")  # job_create enqueues it on the job's own queue (gpu for training)
 def run_optimization_job(job_id: int) -> None:
     services.job_run(job_id=job_id)
 
 
-@task(queue_name="default")
+@task(queue_name="cpu")  # for an external scheduler; the fleet runs `manage.py reap_jobs --loop`
 def reap_stale_jobs() -> int:
     return services.jobs_reap_stale()

@@ -23,12 +23,13 @@ class Flags:
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60_000_000
     enable_signature_method_name_check: bool = False
+    monitoring_config_file: str = ""  # Prometheus metrics on the REST port (serving/monitoring.py)
 
 
-# Real TF Serving flags that only matter on its own runtime (GPU, batching, monitoring).
+# Real TF Serving flags that only matter on its own runtime (GPU, batching).
 IGNORED = {
     "enable_batching", "batching_parameters_file", "per_process_gpu_memory_fraction",
-    "xla_gpu_compilation_enabled", "monitoring_config_file", "rest_api_num_threads",
+    "xla_gpu_compilation_enabled", "rest_api_num_threads",
     "rest_api_timeout_in_ms", "tensorflow_session_parallelism",
     "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
     "grpc_channel_arguments", "saved_model_tags",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from concurrent import futures
 from typing import Callable, TypeVar
 
@@ -20,6 +21,7 @@ from tensorflow_serving.apis import status_pb2
 from . import inference
 from .errors import ServingError, invalid_argument, unimplemented
 from .manager import ModelManager
+from .monitoring import ServingMetrics
 from .tensors import request_inputs, to_proto
 
 log = logging.getLogger(__name__)
@@ -28,18 +30,32 @@ SIGNATURE_DEF_FIELD = "signature_def"
 T = TypeVar("T")
 
 
+# The inference RPCs TF Serving counts in :tensorflow:serving:request_count / request_latency.
+MONITORED_API = {"Predict": "predict", "Classify": "classify", "Regress": "regress"}
+
+
 def _handles_errors(method: Callable[..., T]) -> Callable[..., T]:
-    """Map ServingError to a gRPC status; log anything unexpected as INTERNAL."""
+    """Map ServingError to a gRPC status; log anything unexpected as INTERNAL; record the
+    inference RPCs' status and latency."""
+    api = MONITORED_API.get(method.__name__)
 
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
+        started, status = time.perf_counter(), "OK"
         try:
             return method(self, request, context)
         except ServingError as exc:
+            status = exc.code.name
             context.abort(exc.code, exc.message)
         except Exception as exc:  # a bug must still answer, not hang the client
+            status = "INTERNAL"
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            metrics: ServingMetrics | None = getattr(self, "metrics", None)
+            if api and metrics is not None:
+                metrics.record(model_name=request.model_spec.name, api=api, entrypoint="GRPC", status=status,
+                               seconds=time.perf_counter() - started)
 
     return wrapper
 
@@ -94,8 +110,9 @@ def status_proto(error: ServingError | None) -> status_pb2.StatusProto:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics | None = None) -> None:
         self._manager = manager
+        self.metrics = metrics
 
     @_handles_errors
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
@@ -168,7 +185,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse(status=status_proto(None))
 
 
-def create_server(manager: ModelManager, port: int, workers: int = 16) -> tuple[grpc.Server, int]:
+def create_server(manager: ModelManager, port: int, workers: int = 16,
+                  metrics: ServingMetrics | None = None) -> tuple[grpc.Server, int]:
     """Bind 0.0.0.0:port (like TF Serving); returns the server and the bound port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
@@ -176,7 +194,7 @@ def create_server(manager: ModelManager, port: int, workers: int = 16) -> tuple[
                  ("grpc.max_send_message_length", 2**31 - 1),
                  ("grpc.so_reuseport", 0)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(manager), server)
+        PredictionServicer(manager, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
     bound = server.add_insecure_port(f"0.0.0.0:{port}")
     if bound == 0:

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -20,6 +21,7 @@ from . import inference, json_tensor
 from .errors import ServingError, invalid_argument
 from .grpc_service import SIGNATURE_DEF_FIELD, model_metadata, model_status
 from .manager import ModelManager
+from .monitoring import ServingMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +52,30 @@ def model_spec(name: str, version: str | None, label: str | None) -> model_pb2.M
 class RestApi:
     """Dispatches one request; returns (http status, JSON body). No HTTP details here."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics | None = None) -> None:
         self._manager = manager
+        self._metrics = metrics
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
+        started, status = time.perf_counter(), "OK"
         try:
             return 200, self._dispatch(method, path, body)
         except ServingError as exc:
+            status = exc.code.name
             return exc.http_status, json_tensor.render_error(exc.message)
         except Exception as exc:  # a bug must still answer like TF Serving would
+            status = "INTERNAL"
             log.exception("REST %s %s failed", method, path)
             return 500, json_tensor.render_error(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._record(method, path, status, time.perf_counter() - started)
+
+    def _record(self, method: str, path: str, status: str, seconds: float) -> None:
+        """Inference calls only (classify, regress, predict), as TF Serving counts them."""
+        match = PREDICTION_RE.fullmatch(path) if method == "POST" and self._metrics is not None else None
+        if match and self._metrics is not None:
+            self._metrics.record(model_name=unquote(match.group(1)), api=match.group(4).lower(),
+                                 entrypoint="REST", status=status, seconds=seconds)
 
     def _dispatch(self, method: str, path: str, body: bytes) -> str:
         if method == "POST":
@@ -136,6 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
     # add ~40 ms to every response.
     disable_nagle_algorithm = True
     api: RestApi  # set on the subclass built by create_server
+    metrics: ServingMetrics | None = None
+    metrics_path: str | None = None  # --monitoring_config_file's prometheus_config.path, when enabled
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         self._serve("GET")
@@ -153,6 +170,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         path = self.path.split("?", 1)[0]
+        if method == "GET" and self.metrics_path and path == self.metrics_path and self.metrics is not None:
+            self._reply(200, self.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+            return
         if not API_PREFIX_RE.fullmatch(path):
             # TF Serving registers no handler outside /v1/: the HTTP server answers 404.
             self._reply(404, json_tensor.render_error(f"Not found: {path}"))
@@ -160,10 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload = self.api.handle(method, path, body)
         self._reply(status, payload)
 
-    def _reply(self, status: int, payload: str) -> None:
+    def _reply(self, status: int, payload: str, content_type: str = "application/json") -> None:
         data = payload.encode("utf-8")
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -178,8 +198,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
 
 
-def create_server(manager: ModelManager, port: int) -> tuple[ThreadingHTTPServer, int]:
-    handler = type("RestHandler", (_Handler,), {"api": RestApi(manager)})
+def create_server(manager: ModelManager, port: int, metrics: ServingMetrics | None = None,
+                  metrics_path: str | None = None) -> tuple[ThreadingHTTPServer, int]:
+    handler = type("RestHandler", (_Handler,), {"api": RestApi(manager, metrics), "metrics": metrics,
+                                                "metrics_path": metrics_path})
     server = _Server(("0.0.0.0", port), handler)
     return server, server.server_address[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from . import config as cfg, grpc_service, rest, servable, warmup
+from . import config as cfg, grpc_service, monitoring, rest, servable, warmup
 from .errors import ServingError
 from .flags import Flags
 from .manager import ManagerOptions, ModelManager
@@ -45,6 +45,7 @@ class ModelServer:
     def __init__(self, flags: Flags) -> None:
         self.flags = flags
         self.manager = build_manager(flags)
+        self.metrics = monitoring.ServingMetrics()
         self._stop = threading.Event()
         self._grpc = None
         self._rest = None
@@ -52,17 +53,23 @@ class ModelServer:
     def start(self) -> tuple[int, int | None]:
         """Load the initial models (blocking, as TF Serving does), then bind ports."""
         try:
+            monitoring_config = (monitoring.read_config(self.flags.monitoring_config_file)
+                                 if self.flags.monitoring_config_file else monitoring.MonitoringConfig())
             self.manager.reload_config(initial_config(self.flags))
+        except monitoring.MonitoringConfigError as exc:
+            raise StartupError(f"Failed to start server. Error: {exc}") from exc
         except ServingError as exc:
             raise StartupError(f"Failed to start server. Error: {exc}") from exc
         self.manager.start_polling()
         self._start_config_poller()
-        self._grpc, grpc_port = grpc_service.create_server(self.manager, self.flags.port)
+        self._grpc, grpc_port = grpc_service.create_server(self.manager, self.flags.port, metrics=self.metrics)
         self._grpc.start()
         log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", grpc_port)
         rest_port = None
         if self.flags.rest_api_port:
-            self._rest, rest_port = rest.create_server(self.manager, self.flags.rest_api_port)
+            metrics_path = monitoring_config.path if monitoring_config.enable else None
+            self._rest, rest_port = rest.create_server(self.manager, self.flags.rest_api_port, metrics=self.metrics,
+                                                       metrics_path=metrics_path)
             rest.serve_in_background(self._rest)
             log.info("Exporting HTTP/REST API at:localhost:%d ...", rest_port)
         return grpc_port, rest_port

@@ -53,5 +53,5 @@ def digits_model(alice, digits_files):  # type: ignore[no-untyped-def]
 def immediate_tasks(settings):  # type: ignore[no-untyped-def]
     """Run enqueued tasks at once, in-process (the eager mode)."""
     settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
-                                  "QUEUES": ["default", "gpu"]}}  # django-tasks resets its backends
+                                  "QUEUES": ["default", "gpu", "cpu", "deploy"]}}  # django-tasks resets its backends
     yield

@@ -2,67 +2,28 @@
 worker killed with SIGKILL mid-job (the job must not stay `running`, and nothing is left)."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.core.management import call_command
 
 from optimization import services
 from optimization.models import OptimizationJob
 from registry.models import ModelVersion
 from tests.conftest import files_under
+from tests.processes import start_worker, stop, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 LONG_PRUNE = {"technique": "prune", "params": {"epochs": 300, "sparsity": 0.5}}
-
-
-def database_env() -> dict[str, str]:
-    """Point the worker process at the test database this test run uses (SQLite file or PostgreSQL)."""
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return {"MODELYARD_SQLITE_PATH": str(db["NAME"])}
-    from urllib.parse import quote
-
-    auth = f"{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}@" if db.get("USER") else ""
-    host = db.get("HOST") or ""
-    netloc = f"{auth}{host}:{db['PORT']}" if host and not host.startswith("/") and db.get("PORT") else auth + (
-        "" if host.startswith("/") else host)
-    query = f"?host={quote(host)}" if host.startswith("/") else ""
-    return {"DATABASE_URL": f"postgres://{netloc}/{db['NAME']}{query}"}
 
 
 @pytest.fixture
 def worker(storage_root, tmp_path):  # type: ignore[no-untyped-def]
     """Start a real task worker on the test database; yields the Popen."""
-    env = {**os.environ, **database_env(), "MODELYARD_STORAGE_ROOT": str(storage_root),
-           "MODELYARD_JOB_HEARTBEAT_TIMEOUT": "3", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(tmp_path / "worker.log", "wb")
-    proc = subprocess.Popen([sys.executable, "manage.py", "db_worker", "--queue-name", "default", "--interval",
-                             "0.2", "--no-startup-delay", "--no-reload"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = start_worker(storage_root=storage_root, log_path=tmp_path / "worker.log",
+                        MODELYARD_JOB_HEARTBEAT_TIMEOUT="3")
     yield proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log.close()
-
-
-def wait_for(predicate, timeout: float = 120, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    stop(proc)
 
 
 def job_state(job_id: int) -> OptimizationJob:
@@ -98,16 +59,18 @@ def test_cancelling_a_running_job_stops_it_at_the_next_epoch(api, digits_model, 
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_worker_does_not_leave_the_job_running(api, digits_model, worker, storage_root, settings):
     settings.OPTIMIZATION_HEARTBEAT_TIMEOUT = 3
+    settings.OPTIMIZATION_MAX_ATTEMPTS = 1  # no retry: the job fails with the reason (retries: tests/test_fleet.py)
     blobs_before = set(files_under(storage_root / "blobs"))
     job_id = api.post("/api/v1/optimization-jobs/", {"model": "digits", "version": 1, "recipe": LONG_PRUNE},
                       format="json").json()["id"]
     wait_for(lambda: job_state(job_id).stage.startswith("prune"), what="training to start")
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
-    assert job_state(job_id).status == "running"  # nobody told the database
     time.sleep(4)
-    body = api.get(f"/api/v1/optimization-jobs/{job_id}/").json()  # reads reap stale jobs
-    assert body["status"] == "failed"
+    assert api.get(f"/api/v1/optimization-jobs/{job_id}/").json()["status"] == "running"  # reads never reap
+    call_command("reap_jobs")  # what the fleet's `reap_jobs --loop` does on its schedule
+    body = api.get(f"/api/v1/optimization-jobs/{job_id}/").json()
+    assert body["status"] == "failed" and body["attempt"] == 1 and body["device"] == "cpu"
     assert "stopped" in body["error"] and "Nothing was registered" in body["error"]
     assert ModelVersion.objects.count() == 1
     assert files_under(storage_root / "tmp") == []  # the dead worker's scratch directory is gone
@@ -115,4 +78,7 @@ def test_a_killed_worker_does_not_leave_the_job_running(api, digits_model, worke
     from optimization.models import VersionMetrics
 
     assert {b.split("/")[-1] for b in new_blobs} <= set(VersionMetrics.objects.values_list("outputs_sha256", flat=True))
+    from django_tasks_db.models import DBTaskResult
+
+    assert DBTaskResult.objects.get().status == "FAILED"  # the dead worker's task row is closed too
     assert services.jobs_reap_stale() == 0  # already reaped; reaping is idempotent

@@ -15,7 +15,7 @@ RELEASE_PERMS = ["releases.add_release", "releases.change_release", "releases.ad
 def immediate(settings):  # type: ignore[no-untyped-def]
     """Tasks run at once (promotions in the test's own process)."""
     settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
-                                  "QUEUES": ["default"]}}
+                                  "QUEUES": settings.TASKS["default"]["QUEUES"]}}
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.docker
 @pytest.fixture
 def build_settings(settings, standin_base, registry_addr):  # type: ignore[no-untyped-def]
     settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
-                                  "QUEUES": ["default"]}}
+                                  "QUEUES": ["default", "gpu", "cpu", "deploy"]}}
     settings.SERVING_BASE_IMAGE = standin_base
     settings.IMAGE_REGISTRY = registry_addr
     settings.IMAGE_NAMESPACE = f"modelyard-test-{uuid.uuid4().hex[:8]}"

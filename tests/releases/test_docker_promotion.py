@@ -37,7 +37,7 @@ def free_base() -> int:
 @pytest.fixture
 def docker_endpoint(settings, harness_base, docker_client):  # type: ignore[no-untyped-def]
     settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
-                                  "QUEUES": ["default"]}}
+                                  "QUEUES": ["default", "gpu", "cpu", "deploy"]}}
     settings.SERVING_BASE_IMAGE = harness_base
     settings.IMAGE_REGISTRY = "127.0.0.1:5000"
     settings.IMAGE_NAMESPACE = f"modelyard-test-{uuid.uuid4().hex[:8]}"

@@ -19,7 +19,8 @@ def create(api, version=1, environment="production", notes="ship it"):  # type: 
 @pytest.fixture
 def no_builds(settings):  # type: ignore[no-untyped-def]
     """Approval enqueues an image build; these tests stop at `approved` (builds are in test_builds)."""
-    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend", "QUEUES": ["default"]}}
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend",
+                                  "QUEUES": ["default", "gpu", "cpu", "deploy"]}}
 
 
 @pytest.mark.django_db

@@ -26,12 +26,12 @@ def test_space_separated_flags_and_ignored_flag_log(launch, artifacts, tmp_path)
     artifacts.place(tmp_path / "spaced", 3, artifacts.toy[1])
     server = launch(["--model_name", "spaced", "--model_base_path", str(tmp_path / "spaced"),
                      "--enable_batching", "--batching_parameters_file", "/nonexistent",
-                     "--monitoring_config_file=/nonexistent"])
+                     "--rest_api_num_threads=4"])
     response = server.predict_stub.Predict(predict_request("spaced", X), timeout=30)
     assert response.model_spec.version.value == 3
     output = server.output()
     assert "Ignoring --enable_batching=true" in output
-    assert "Ignoring --monitoring_config_file=/nonexistent" in output
+    assert "Ignoring --rest_api_num_threads=4" in output
     assert "Modelyard serving ready: grpc=0.0.0.0:" in output
 
 
