@@ -8,4 +8,4 @@ class IntegrationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from integrations import webhooks  # noqa: F401 - connects the audit-event receiver
+        from integrations import schema, webhooks  # noqa: F401 - the audit-event receiver, the OpenAPI scheme
