@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from integrations import tokens
+from integrations import tokens, webhooks
 from registry.models import ModelVersion
 from releases.models import Endpoint, Environment, Release
 from tests import factories
 from tests.conftest import PASSWORD, files_under
+from tests.integrations.conftest import verify
 from tests.integrations.proxy import CuttingProxy
-from tests.optimization.test_worker import worker  # noqa: F401 - the real worker fixture
+from tests.optimization.test_worker import wait_for, worker  # noqa: F401 - the real worker fixture
 from tests.releases.serving_fixtures import launch_server  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,9 +67,11 @@ def ok(result: subprocess.CompletedProcess, code: int = 0) -> subprocess.Complet
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(cli, live_server, alice, bob, artifacts, worker,
-                                                              launch_server, storage_root, tmp_path):
+def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(loopback_allowed, receiver, cli, live_server, alice, bob,
+                                                              artifacts, worker, launch_server, storage_root,
+                                                              tmp_path):
     server = launch_server(0)
+    hook = webhooks.subscription_create(owner=alice, url=receiver.url("/hook"), events=webhooks.EVENTS)
     production = Environment.objects.get(name="production")
     Environment.objects.filter(pk=production.pk).update(build_image=False)  # image builds: tests/releases/test_builds
     Endpoint.objects.create(name="ep-1", environment=production, kind="model_repository",
@@ -169,3 +172,21 @@ def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(cli, live_server, a
     assert missing.returncode == 1 and "No release 999999" in missing.stderr
     assert cli("--url", live_server.url, "push").returncode == 2
     assert cli("models", "ls", token="myd_not-a-token").returncode == 7
+
+    # the pipeline (and Slack, a deploy system) heard of every change, signed, in order per object
+    expected = {
+        ("releases.release", first["id"]): ["release.pending_approval", "release.approved", "release.live"],
+        ("releases.release", second.pk): ["release.pending_approval", "release.approved", "release.live",
+                                          "release.rolled_back"],
+        ("releases.release", third.pk): ["release.pending_approval", "release.rejected"],
+    }
+    wait_for(lambda: len(receiver.at("/hook")) >= 13, timeout=60, what="every webhook")  # 3 versions, 1 job, 9 release changes
+    time.sleep(1)
+    events = [verify(hook.secret, r) for r in receiver.at("/hook")]
+    assert len(events) == 13
+    assert len({e["id"] for e in events}) == len(events)  # each once
+    for (kind, pk), names in expected.items():
+        assert [e["event"] for e in events if e["object"]["type"] == kind and e["object"]["id"] == pk] == names
+    created = [e["object"]["version"] for e in events if e["event"] == "model_version.created"]
+    assert sorted(created) == [1, 2, 3]
+    assert [e["object"]["variant"] for e in events if e["event"] == "optimization_job.succeeded"] == [2]
