@@ -56,10 +56,20 @@ def _hash_file(upload: Any) -> str:
     return sha.hexdigest()
 
 
+def _abandoned_after() -> timedelta:
+    """An in-progress row older than this belongs to a request whose process died: a create
+    takes at most the inspection timeout, so twice that is safely over."""
+    return timedelta(seconds=max(2 * settings.INSPECT_TIMEOUT, 600))
+
+
 def _claim(user: Any, key: str, request: Request) -> IdempotencyKey | None:
-    """Insert the in-progress row; None when a row for (user, key) already exists."""
-    IdempotencyKey.objects.filter(user=user, key=key,
-                                  created_at__lt=timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_TTL)).delete()
+    """Insert the in-progress row; None when a row for (user, key) already exists.
+
+    Expired rows (everyone's, so the table stays small) and abandoned in-progress ones go first."""
+    now = timezone.now()
+    IdempotencyKey.objects.filter(created_at__lt=now - timedelta(seconds=settings.IDEMPOTENCY_TTL)).delete()
+    IdempotencyKey.objects.filter(user=user, key=key, status_code__isnull=True,
+                                  created_at__lt=now - _abandoned_after()).delete()
     try:
         with transaction.atomic():
             return IdempotencyKey.objects.create(user=user, key=key, method=request.method, path=request.path[:500])

@@ -78,6 +78,7 @@ class IdempotencyKey(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "key"], name="one_idempotency_key_per_user")]
+        indexes = [models.Index(fields=["created_at"])]  # expiry sweeps
 
     def __str__(self) -> str:
         return f"{self.key} ({self.method} {self.path})"

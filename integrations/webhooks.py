@@ -221,14 +221,17 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
+def _can_defer() -> bool:
+    from integrations.tasks import deliver_webhook
+
+    return deliver_webhook.get_backend().supports_defer
+
+
 def _enqueue(delivery_id: int, delay: float = 0) -> None:
     from integrations.tasks import deliver_webhook
 
     task = deliver_webhook
     if delay > 0:
-        if not task.get_backend().supports_defer:
-            log.warning("webhook delivery %s: the task backend cannot defer; retry it with redeliver", delivery_id)
-            return
         task = task.using(run_after=timezone.now() + timedelta(seconds=delay))
     task.enqueue(delivery_id)
 
@@ -270,7 +273,9 @@ def deliver(delivery_id: int) -> str:
     if not error:
         WebhookDelivery.objects.filter(pk=d.pk).update(status=D.SUCCEEDED, response_code=code, last_error="",
                                                         delivered_at=now, next_attempt_at=None)
-    elif d.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
+    elif d.attempts >= settings.WEBHOOK_MAX_ATTEMPTS or not _can_defer():
+        # Failed for good (or no retry can be scheduled on this backend): later events for the
+        # object go on; this one can be redelivered.
         WebhookDelivery.objects.filter(pk=d.pk).update(status=D.FAILED, response_code=code, last_error=error,
                                                         next_attempt_at=None)
     else:

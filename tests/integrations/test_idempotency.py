@@ -127,3 +127,21 @@ def test_concurrent_requests_with_one_key_create_once(live_server, alice, artifa
             assert r.json()["version"] == 1
     assert ModelVersion.objects.count() == 1
     assert len(files_under(storage_root / "blobs")) == 1
+
+
+@pytest.mark.django_db
+def test_a_key_in_progress_is_a_409_until_its_request_is_abandoned(api, alice, model):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    running = IdempotencyKey.objects.create(user=alice, key="k", method="POST", path="/api/v1/models/")
+    body = {"name": "other", "task": "classification"}
+    busy = api.post("/api/v1/models/", body, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "idempotency_key_in_progress"
+    assert not RegisteredModel.objects.filter(name="other").exists()
+    # its process died: after twice the inspection timeout the key is free again
+    IdempotencyKey.objects.filter(pk=running.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    created = api.post("/api/v1/models/", body, format="json", HTTP_IDEMPOTENCY_KEY="k")
+    assert created.status_code == 201, created.content
+    assert IdempotencyKey.objects.get(key="k").status_code == 201

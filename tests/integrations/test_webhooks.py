@@ -109,3 +109,32 @@ def test_signed_events_in_order_with_retries_and_redelivery(loopback_allowed, re
 def test_signature_format():
     assert webhooks.sign("s", 1700000000, b"{}") == (
         "t=1700000000,v1=" + hmac.new(b"s", b"1700000000.{}", hashlib.sha256).hexdigest())
+
+
+@pytest.mark.django_db
+def test_without_a_deferring_backend_a_failure_does_not_hold_back_later_events(
+        receiver, settings, hooks_api, alice, bob, versions, django_capture_on_commit_callbacks):
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
+                                  "QUEUES": ["default"]}}
+    settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    Environment.objects.filter(name="production").update(build_image=False)
+    sub = webhooks.subscription_create(owner=alice, url=receiver.url("/x"), events=RELEASE_EVENTS)
+    receiver.failures["/x"] = 1
+    with django_capture_on_commit_callbacks(execute=True):
+        release = releases.release_create(version=versions[0], environment=Environment.objects.get(name="production"),
+                                          requester=alice)
+        releases.release_submit(release=release, actor=alice)
+    receiver.failures["/x"] = 0
+    with django_capture_on_commit_callbacks(execute=True):
+        releases.release_approve(release=release, actor=bob, comment="ok")
+    rows = list(WebhookDelivery.objects.order_by("pk"))
+    assert [(d.event, d.status, d.attempts, d.response_code) for d in rows] == [
+        ("release.pending_approval", "failed", 1, 500), ("release.approved", "succeeded", 1, 200)]
+    assert "HTTP 500" in rows[0].last_error
+    with django_capture_on_commit_callbacks(execute=True):
+        response = hooks_api.post(f"/api/v1/webhook-deliveries/{rows[0].pk}/redeliver/")
+    assert response.status_code == 202
+    rows[0].refresh_from_db()
+    assert (rows[0].status, rows[0].attempts, rows[0].response_code) == ("succeeded", 2, 200)
+    assert [verify(sub.secret, r)["event"] for r in receiver.at("/x") if r.status == 200] == [
+        "release.approved", "release.pending_approval"]
