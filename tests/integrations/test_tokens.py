@@ -157,3 +157,29 @@ def test_token_header_form_and_legacy_tokens_still_work(alice, make_token):
     response = token_client(legacy.key, scheme="Token").post("/api/v1/models/", {"name": "m", "task": "classification"},
                                                              format="json")
     assert response.status_code == 201, response.content
+
+
+@pytest.mark.django_db
+def test_service_account_tokens_need_the_manage_permission(alice, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    from integrations.models import ServiceAccount
+    from tests.conftest import _user
+
+    bot = _user(django_user_model, "ci-bot", ["registry.add_registeredmodel"])
+    ServiceAccount.objects.create(user=bot)
+    session = APIClient()
+    session.force_authenticate(alice)
+    body = {"name": "github", "scopes": ["registry:write"], "username": "ci-bot"}
+    assert session.post("/api/v1/tokens/", body, format="json").status_code == 403
+    assert session.post("/api/v1/tokens/", {**body, "username": "charlie-nobody"},
+                        format="json").status_code == 404
+    alice.user_permissions.add(Permission.objects.get(codename="change_serviceaccount"))
+    session.force_authenticate(type(alice).objects.get(pk=alice.pk))
+    created = session.post("/api/v1/tokens/", body, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["user"] == "ci-bot" and created.json()["service_account"] is True
+    bot_client = token_client(created.json()["token"])
+    made = bot_client.post("/api/v1/models/", {"name": "bots", "task": "classification"}, format="json")
+    assert made.status_code == 201 and RegisteredModel.objects.get(name="bots").owner == bot
+    assert [t["user"] for t in session.get("/api/v1/tokens/").json()["results"]] == ["ci-bot"]

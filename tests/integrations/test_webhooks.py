@@ -138,3 +138,22 @@ def test_without_a_deferring_backend_a_failure_does_not_hold_back_later_events(
     assert (rows[0].status, rows[0].attempts, rows[0].response_code) == ("succeeded", 2, 200)
     assert [verify(sub.secret, r)["event"] for r in receiver.at("/x") if r.status == 200] == [
         "release.approved", "release.pending_approval"]
+
+
+@pytest.mark.django_db
+def test_an_endpoint_turning_unhealthy_is_one_event(alice, settings):
+    from releases import promotion
+    from releases.models import Endpoint
+    from tests.releases.serving_fixtures import free_port
+
+    settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    webhooks.subscription_create(owner=alice, url="http://127.0.0.1:9/x", events=["endpoint.unhealthy"])
+    endpoint = Endpoint.objects.create(name="ep", environment=Environment.objects.get(name="production"),
+                                       kind="model_repository", grpc_target=f"127.0.0.1:{free_port()}",
+                                       repository_path="/nonexistent", config_path="/nonexistent/models.config")
+    promotion.check_endpoint_health(endpoint)
+    promotion.check_endpoint_health(endpoint)  # still down: no second event
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.event == "endpoint.unhealthy"
+    assert delivery.payload["object"]["name"] == "ep" and delivery.payload["object"]["reachable"] is False
+    assert "does not answer" in delivery.payload["object"]["error"]
