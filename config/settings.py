@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "releases",
     "django_htmx",
     "console",
+    "integrations",  # issue 15: scoped tokens, idempotency keys, webhooks
 ]
 
 MIDDLEWARE = [
@@ -155,7 +156,8 @@ INSPECT_TIMEOUT = env_int("MODELYARD_INSPECT_TIMEOUT", 900, minimum=1)
 # --- REST API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "integrations.tokens.ScopedTokenAuthentication",  # Bearer myd_… (scoped, expiring)
+        "rest_framework.authentication.TokenAuthentication",  # legacy: full rights of its user
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["registry.permissions.ModelPermissions"],
@@ -241,6 +243,15 @@ except ValueError as exc:
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured(f"MODELYARD_METRICS_ALLOW: {exc}") from exc
+
+# --- Machine access (integrations/): tokens, idempotency keys, webhooks -----------------------
+API_TOKEN_DEFAULT_DAYS = env_int("MODELYARD_API_TOKEN_DEFAULT_DAYS", 90, minimum=1)
+API_TOKEN_MAX_DAYS = env_int("MODELYARD_API_TOKEN_MAX_DAYS", 365, minimum=1)
+IDEMPOTENCY_TTL = env_int("MODELYARD_IDEMPOTENCY_TTL", 24 * 3600, minimum=60)  # seconds a key is remembered
+WEBHOOK_ALLOWED_NETWORKS = env_list("MODELYARD_WEBHOOK_ALLOWED_NETWORKS", [])  # CIDRs; private ranges refused otherwise
+WEBHOOK_TIMEOUT = env_int("MODELYARD_WEBHOOK_TIMEOUT", 10, minimum=1)
+WEBHOOK_MAX_ATTEMPTS = env_int("MODELYARD_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+WEBHOOK_RETRY_BASE_SECONDS = env_int("MODELYARD_WEBHOOK_RETRY_BASE_SECONDS", 30, minimum=0)
 
 LOGGING = {
     "version": 1,

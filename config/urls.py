@@ -23,6 +23,7 @@ urlpatterns = [
     path("api/v1/", include("registry.urls")),
     path("api/v1/", include("optimization.urls")),
     path("api/v1/", include("releases.urls")),
+    path("api/v1/", include("integrations.urls")),
     path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", pages.healthz, name="healthz"),

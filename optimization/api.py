@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from integrations.idempotency import idempotent
 from optimization import services
 from optimization.models import OptimizationJob
 from optimization.serializers import JobCreateInput, JobOutput, MetricsOutput, VariantsOutput
@@ -35,6 +36,7 @@ class JobList(generics.ListAPIView):
         return jobs
 
     @extend_schema(request=JobCreateInput, responses={202: JobOutput})
+    @idempotent
     def post(self, request: Request) -> Response:
         serializer = JobCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from integrations.idempotency import idempotent
 from registry import inspector, services
 from registry.errors import NotFound
 from registry.filters import AuditEventFilter, DatasetFilter, ModelFilter, VersionFilter
@@ -46,6 +47,7 @@ class ModelList(generics.ListAPIView):
         return _models()
 
     @extend_schema(request=ModelCreateInput, responses={201: ModelOutput})
+    @idempotent
     def post(self, request: Request) -> Response:
         data = _valid(ModelCreateInput, request.data)
         model = services.model_create(owner=request.user, **data)
@@ -90,6 +92,7 @@ class VersionList(generics.ListAPIView):
         return ModelVersion.objects.with_related().filter(model=model).order_by("-number").distinct()
 
     @extend_schema(request={"multipart/form-data": VersionCreateInput}, responses={201: VersionOutput})
+    @idempotent
     def post(self, request: Request, name: str) -> Response:
         model = services.get_model(name)
         _prewarm_inspector(request)  # before request.data: the body has not been read yet
@@ -191,6 +194,7 @@ class DatasetList(generics.ListAPIView):
         return Dataset.objects.filter(model=model).select_related("model", "checked_against", "created_by")
 
     @extend_schema(request={"multipart/form-data": DatasetCreateInput}, responses={201: DatasetOutput})
+    @idempotent
     def post(self, request: Request, name: str) -> Response:
         model = services.get_model(name)
         data = _valid(DatasetCreateInput, request.data)

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from integrations.idempotency import idempotent
 from registry import services as registry
 from releases import promotion, services
 from releases.models import Endpoint, Environment, Release
@@ -47,6 +48,7 @@ class ReleaseList(generics.ListAPIView):
         return releases
 
     @extend_schema(request=ReleaseCreateInput, responses={201: ReleaseDetailOutput})
+    @idempotent
     def post(self, request: Request) -> Response:
         serializer = ReleaseCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)

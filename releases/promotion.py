@@ -393,8 +393,13 @@ def check_endpoint_health(endpoint: Endpoint) -> Endpoint:
             error = f"repository unreadable ({type(exc).__name__})"
     elif not reachable:
         error = f"{endpoint.grpc_target} does not answer"
-    Endpoint.objects.filter(pk=endpoint.pk).update(reachable=reachable, health=health, health_error=error,
-                                                   health_checked_at=timezone.now())
+    was_healthy = endpoint.reachable is not False and not endpoint.health_error
+    with transaction.atomic():
+        Endpoint.objects.filter(pk=endpoint.pk).update(reachable=reachable, health=health, health_error=error,
+                                                       health_checked_at=timezone.now())
+        if was_healthy and error:  # a change, not every failed check: webhooks send `endpoint.unhealthy` once
+            audit.record(actor=None, action="endpoint.unhealthy", obj=endpoint, before={"reachable": endpoint.reachable},
+                         after={"reachable": reachable, "error": error[:500]})
     endpoint.refresh_from_db()
     return endpoint
 
