@@ -6,7 +6,7 @@ from django.db import migrations
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('optimization', '0001_initial'),
+        ('optimization', '0002_job_queue_device_attempt'),
     ]
 
     operations = [
