@@ -15,7 +15,7 @@ import pytest
 from django.core.management import call_command
 
 from tests.browser.conftest import login, no_horizontal_overflow, screenshot, wait_for
-from tests.releases.serving_fixtures import launch_server  # noqa: F401  (real model server processes)
+from tests.releases.serving_fixtures import allowed_server, launch_server  # noqa: F401  (real model server processes)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 JOB_TIMEOUT_MS = 240_000
@@ -72,23 +72,14 @@ def served_version(client, label: str = "stable") -> int:  # type: ignore[no-unt
     return version
 
 
-@pytest.fixture
-def production_server(settings, launch_server):  # type: ignore[no-untyped-def]  # noqa: F811
-    """A real serving process whose repository the operator allows (before the worker starts, so the
-    worker process inherits the same MODELYARD_SERVING_ROOTS)."""
-    server = launch_server(0)
-    settings.SERVING_ROOTS = [str(server.root)]
-    return server
-
-
 def test_journey_b_production_release_four_eyes_promote_rollback(new_page, alice, bob, digits, digits_files,
-                                                                  production_server, worker):  # noqa: F811
+                                                                  allowed_server, worker):  # noqa: F811
     from registry import services as registry
     from registry.uploads import StagedFile
     from releases import promotion, services
     from releases.models import Environment, Release
 
-    server = production_server
+    server = allowed_server
     call_command("ensure_local_endpoint", repository=str(server.base_dir), environment="production",
                  name="local-production", grpc_port=server.grpc_port, rest_port=server.rest_port, images="off")
     assert Environment.objects.get(name="production").build_image is False  # no image: the SavedModel goes live

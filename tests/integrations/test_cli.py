@@ -23,7 +23,7 @@ from tests.conftest import PASSWORD, files_under
 from tests.integrations.conftest import verify
 from tests.integrations.proxy import CuttingProxy
 from tests.optimization.test_worker import wait_for, worker  # noqa: F401 - the real worker fixture
-from tests.releases.serving_fixtures import launch_server  # noqa: F401 - fixture
+from tests.releases.serving_fixtures import allowed_server, launch_server  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,9 +68,9 @@ def ok(result: subprocess.CompletedProcess, code: int = 0) -> subprocess.Complet
 
 @pytest.mark.django_db(transaction=True)
 def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(loopback_allowed, receiver, cli, live_server, alice, bob,
-                                                              artifacts, worker, launch_server, storage_root,
+                                                              artifacts, allowed_server, worker, storage_root,
                                                               tmp_path):
-    server = launch_server(0)
+    server = allowed_server
     hook = webhooks.subscription_create(owner=alice, url=receiver.url("/hook"), events=webhooks.EVENTS)
     production = Environment.objects.get(name="production")
     Environment.objects.filter(pk=production.pk).update(build_image=False)  # image builds: tests/releases/test_builds

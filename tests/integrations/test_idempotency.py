@@ -84,7 +84,7 @@ def test_keys_are_per_user(api, model, alice, django_user_model):
 
 @pytest.mark.django_db
 def test_release_and_job_creates_replay(api, versions, settings):
-    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend", "QUEUES": ["default"]}}
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend", "QUEUES": settings.TASKS["default"]["QUEUES"]}}
     key = {"HTTP_IDEMPOTENCY_KEY": "rel-1"}
     body = {"model": "digits", "version": 1, "environment": "production"}
     first = api.post("/api/v1/releases/", body, format="json", **key)

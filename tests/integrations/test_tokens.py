@@ -73,7 +73,7 @@ def test_a_scoped_token_cannot_mint_tokens(alice, make_token):
 
 @pytest.mark.django_db
 def test_approving_needs_the_scope_and_the_permission_and_four_eyes(alice, bob, versions, make_token, settings):
-    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend", "QUEUES": ["default"]}}
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend", "QUEUES": settings.TASKS["default"]["QUEUES"]}}
     from django.contrib.auth.models import Permission
 
     alice.user_permissions.add(Permission.objects.get(codename="approve_release"))

@@ -115,7 +115,7 @@ def test_signature_format():
 def test_without_a_deferring_backend_a_failure_does_not_hold_back_later_events(
         receiver, settings, hooks_api, alice, bob, versions, django_capture_on_commit_callbacks):
     settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
-                                  "QUEUES": ["default"]}}
+                                  "QUEUES": settings.TASKS["default"]["QUEUES"]}}
     settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
     Environment.objects.filter(name="production").update(build_image=False)
     sub = webhooks.subscription_create(owner=alice, url=receiver.url("/x"), events=RELEASE_EVENTS)

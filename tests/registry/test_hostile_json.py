@@ -40,9 +40,11 @@ def nested_text(depth: int) -> str:
 
 
 def stored_metadata_text(version: ModelVersion) -> str:
+    """The row's metadata as text, without spaces: PostgreSQL's jsonb re-spaces what it stores
+    (`{"a": 1}`), SQLite keeps it as written; the keys and values here hold no spaces."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT metadata FROM registry_modelversion WHERE id = %s", [version.pk])
-        return cursor.fetchone()[0]
+        return cursor.fetchone()[0].replace(" ", "")
 
 
 def store_legacy_metadata(version: ModelVersion, depth: int) -> str:

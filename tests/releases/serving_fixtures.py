@@ -166,6 +166,16 @@ def launch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
         server.stop()
 
 
+@pytest.fixture
+def allowed_server(settings, launch_server):  # type: ignore[no-untyped-def]  # noqa: F811
+    """A real serving process whose repository the operator allows: the test's serving roots are set
+    to it before any worker process starts (a worker reads MODELYARD_SERVING_ROOTS at start-up), so
+    list this fixture before `worker`."""
+    server = launch_server(0)
+    settings.SERVING_ROOTS = [str(server.root)]
+    return server
+
+
 @pytest.fixture(scope="module")
 def model_server(launch_server: Callable[..., LiveServer]) -> LiveServer:
     """One server (config file read once) shared by a module; tests use their own model names."""
