@@ -288,7 +288,10 @@ class InspectorPool:
                 log.info("retired the inspector (pid %s) after %s job(s)%s", inspector.pid, inspector.jobs,
                          "" if healthy else ", on a failure")
                 if len(self._busy) + len(self._idle) < settings.INSPECT_POOL_SIZE:
-                    self._idle.append(Inspector.start())
+                    try:
+                        self._idle.append(Inspector.start())
+                    except InspectorUnavailable:
+                        pass  # logged; the next job tries again (and this job's own error stands)
             self._cond.notify()
 
     def _drop_dead(self) -> None:
