@@ -14,8 +14,7 @@ from optimization.models import OptimizationJob
 from optimization.serializers import JobCreateInput, JobOutput, MetricsOutput, VariantsOutput
 from registry.serializers import VersionOutput
 from registry import services as registry
-from registry.errors import NotFound
-from registry.models import Dataset, ModelVersion
+from registry.models import ModelVersion
 
 
 def _jobs() -> QuerySet[OptimizationJob]:

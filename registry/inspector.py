@@ -200,7 +200,10 @@ class InspectorPool:
             self._drop_dead()
             if self._idle or len(self._busy) >= settings.INSPECT_POOL_SIZE:
                 return False
-            self._idle.append(Inspector.start())
+            try:
+                self._idle.append(Inspector.start())
+            except InspectorUnavailable:
+                return False  # logged; the inspection itself will report it
             return True
 
     def pids(self) -> list[int]:
@@ -253,7 +256,7 @@ class InspectorPool:
         if status is not None and status < 0 and any(w in tail for w in ("bad_alloc", "OOM when allocating")):
             return _memory_error(filename)
         if status is not None and status < 0:
-            name = signal.Signals(-status).name if -status in signal.valid_signals() else f"signal {-status}"
+            name = _signal_name(-status)
             return InspectionFailed(
                 f"The inspector was killed by {name} while loading {filename}: the file is damaged or is not "
                 "a model TensorFlow can read. Nothing was registered.", code="inspection_crashed",
@@ -288,7 +291,10 @@ class InspectorPool:
                 log.info("retired the inspector (pid %s) after %s job(s)%s", inspector.pid, inspector.jobs,
                          "" if healthy else ", on a failure")
                 if len(self._busy) + len(self._idle) < settings.INSPECT_POOL_SIZE:
-                    self._idle.append(Inspector.start())
+                    try:
+                        self._idle.append(Inspector.start())
+                    except InspectorUnavailable:
+                        pass  # logged; the next job tries again (and this job's own error stands)
             self._cond.notify()
 
     def _drop_dead(self) -> None:
@@ -307,6 +313,13 @@ class InspectorPool:
         for inspector in [*self._idle, *self._busy]:
             inspector.forget()
         self._idle, self._busy = [], set()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _memory_error(filename: str) -> InspectionFailed:

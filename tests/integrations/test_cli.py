@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,21 @@ def cli(modelyard_bin, tmp_path, live_server):  # type: ignore[no-untyped-def]
     return run
 
 
+def cancel_when_running(actor) -> None:  # type: ignore[no-untyped-def]
+    """Cancel the next prune job once a worker runs it (the CLI is waiting on it meanwhile)."""
+    from django.db import connection
+
+    from optimization import services
+    from optimization.models import OptimizationJob
+
+    try:
+        job = wait_for(lambda: OptimizationJob.objects.filter(status="running", recipe__technique="prune").first(),
+                       timeout=120, what="the prune job to run")
+        services.job_cancel(job=job, actor=actor)
+    finally:
+        connection.close()
+
+
 def ok(result: subprocess.CompletedProcess, code: int = 0) -> subprocess.CompletedProcess:
     assert result.returncode == code, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     return result
@@ -107,9 +123,23 @@ def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(loopback_allowed, r
                        "--recipe", "ptq_dynamic", "--wait", "--interval", "0.5"))
     assert "[succeeded]" in optimized.stdout and "variant: digits v2" in optimized.stdout
     assert "METRIC" in optimized.stdout and "accuracy" in optimized.stdout
-    failed = cli("--url", live_server.url, "optimize", "--model", "digits", "--version", "1", "--recipe",
-                 '{"technique": "prune", "params": {"sparsity": 0.5, "epochs": 1}}', "--wait", "--interval", "0.5")
-    assert failed.returncode == 1 and "role=train" in failed.stderr  # the server's message, verbatim
+    refused = cli("--url", live_server.url, "optimize", "--model", "digits", "--version", "1", "--recipe",
+                  '{"technique": "prune", "params": {"sparsity": 0.5, "epochs": 1}}', "--wait", "--interval", "0.5")
+    assert refused.returncode == 1 and "role=train" in refused.stderr  # the server's message, verbatim
+    # a job that ends badly exits 6: a long prune, cancelled (through the service) while the CLI waits
+    train_npz = tmp_path / "train.npz"
+    train_npz.write_bytes(factories.npz_bytes(x=np.random.default_rng(1).normal(size=(32, 8)).astype("float32"),
+                                              y=np.zeros(32, "int64")))
+    ok(cli("--url", live_server.url, "push", str(artifacts["zip"]), "--model", "digits", "--dataset",
+           f"train={train_npz}"))  # the same bytes again: v3's blob is v1's; the train dataset is new
+    stopper = threading.Thread(target=cancel_when_running, args=(alice,))
+    stopper.start()
+    cancelled = cli("--url", live_server.url, "optimize", "--model", "digits", "--version", "1", "--recipe",
+                    '{"technique": "prune", "params": {"sparsity": 0.5, "epochs": 300}}', "--wait",
+                    "--interval", "0.5")
+    stopper.join()
+    assert cancelled.returncode == 6, cancelled.stdout + cancelled.stderr
+    assert "cancelled" in cancelled.stderr
 
     # release v1: request + submit (gates printed), alice cannot approve (scope: exit 7), bob can
     _, bob_token = tokens.token_create(actor=bob, name="approver", scopes=["releases:read", "releases:approve"])
@@ -127,13 +157,13 @@ def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(loopback_allowed, r
     assert "live" in live.stdout
     assert Release.objects.get(pk=first["id"]).state == "live"
 
-    # v3 (other weights): no metrics, so the accuracy gate fails -> exit 3; bob overrides
+    # v4 (other weights): no metrics, so the accuracy gate fails -> exit 3; bob overrides
     ok(cli("--url", live_server.url, "push", str(artifacts["zip2"]), "--model", "digits"))
-    gated = cli("--url", live_server.url, "release", "request", "--model", "digits", "--version", "3",
+    gated = cli("--url", live_server.url, "release", "request", "--model", "digits", "--version", "4",
                 "--environment", "production")
     assert gated.returncode == 3, gated.stdout + gated.stderr
     assert "FAIL" in gated.stdout
-    second = Release.objects.get(version__number=3)
+    second = Release.objects.get(version__number=4)
     timed_out = cli("--url", live_server.url, "release", "show", str(second.pk), "--wait-for", "approved",
                     "--timeout", "1", "--interval", "0.3")
     assert timed_out.returncode == 5
@@ -142,7 +172,7 @@ def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(loopback_allowed, r
     ok(cli("--url", live_server.url, "release", "promote", str(second.pk), "--wait-for", "live", "--interval", "0.5",
            "--timeout", "300"))
     served = server.client.predict("digits", {"features": np.ones((1, 8), np.float32)}, label="stable")[1]
-    assert served == 3
+    assert served == 4
 
     rolled = ok(cli("--url", live_server.url, "release", "rollback", str(second.pk), "--comment", "bad canary",
                     "--json"))
@@ -159,7 +189,7 @@ def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(loopback_allowed, r
 
     # listings, alias, pull (digest verified)
     listed = json.loads(ok(cli("--url", live_server.url, "versions", "ls", "digits", "--json")).stdout)
-    assert [v["version"] for v in listed] == [3, 2, 1]
+    assert [v["version"] for v in listed] == [4, 3, 2, 1]
     assert "digits" in ok(cli("--url", live_server.url, "models", "ls")).stdout
     assert str(second.pk) in ok(cli("--url", live_server.url, "releases", "ls", "--model", "digits")).stdout
     ok(cli("--url", live_server.url, "alias", "set", "digits", "champion", "1"))
@@ -180,13 +210,13 @@ def test_a_pipeline_pushes_optimizes_releases_and_rolls_back(loopback_allowed, r
                                           "release.rolled_back"],
         ("releases.release", third.pk): ["release.pending_approval", "release.rejected"],
     }
-    wait_for(lambda: len(receiver.at("/hook")) >= 13, timeout=60, what="every webhook")  # 3 versions, 1 job, 9 release changes
+    wait_for(lambda: len(receiver.at("/hook")) >= 14, timeout=60, what="every webhook")  # 4 versions, 1 job, 9 release changes
     time.sleep(1)
     events = [verify(hook.secret, r) for r in receiver.at("/hook")]
-    assert len(events) == 13
+    assert len(events) == 14  # a cancelled job is not a failed one: no event
     assert len({e["id"] for e in events}) == len(events)  # each once
     for (kind, pk), names in expected.items():
         assert [e["event"] for e in events if e["object"]["type"] == kind and e["object"]["id"] == pk] == names
     created = [e["object"]["version"] for e in events if e["event"] == "model_version.created"]
-    assert sorted(created) == [1, 2, 3]
+    assert sorted(created) == [1, 2, 3, 4]
     assert [e["object"]["variant"] for e in events if e["event"] == "optimization_job.succeeded"] == [2]
