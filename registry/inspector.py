@@ -62,10 +62,6 @@ class _Crashed(Exception):
     """The inspector ended (or was ended) without answering."""
 
 
-class _QuitByItself(Exception):
-    """The inspector exited cleanly (status 0) instead of answering: it quit on its own."""
-
-
 @dataclass(eq=False)
 class Inspector:
     """One inspector process and its two pipes; stderr goes to an unlinked temporary file."""
@@ -216,21 +212,16 @@ class InspectorPool:
 
     def run(self, request: dict[str, Any], filename: str) -> dict[str, Any]:
         """Inspect in a warm inspector: the reply, or InspectionFailed naming ``filename``."""
-        for last_try in (False, True):
-            inspector = self._acquire()
-            healthy = False
-            try:
-                inspector.wait_ready()
-                reply, healthy = self._ask(inspector, request, filename, last_try=last_try)
-                return reply
-            except _QuitByItself:
-                continue  # it never looked at the file: one more try on a fresh inspector
-            finally:
-                self._release(inspector, healthy)
-        raise AssertionError("unreachable: the last try raises or returns")
+        inspector = self._acquire()
+        healthy = False
+        try:
+            inspector.wait_ready()
+            reply, healthy = self._ask(inspector, request, filename)
+            return reply
+        finally:
+            self._release(inspector, healthy)
 
-    def _ask(self, inspector: Inspector, request: dict[str, Any], filename: str, *,
-             last_try: bool = True) -> tuple[dict[str, Any], bool]:
+    def _ask(self, inspector: Inspector, request: dict[str, Any], filename: str) -> tuple[dict[str, Any], bool]:
         timeout = settings.INSPECT_TIMEOUT
         since = inspector.stderr_position()
         try:
@@ -246,11 +237,6 @@ class InspectorPool:
                 inspector.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 inspector.kill()  # alive but talking nonsense
-            if inspector.proc.returncode == 0 and not last_try:
-                # A clean exit without an answer is the idle timeout (or the orphan check) firing as
-                # the job was sent: the kernel still shows a multi-threaded process alive while its
-                # threads wind down, so alive() could not tell.
-                raise _QuitByItself
             raise self._crash_error(inspector, filename, since) from None
         if reply.get("limit") == "memory":
             raise _memory_error(filename)
