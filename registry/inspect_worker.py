@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 GC_AFTER_BYTES = 16 * 1024 * 1024
+IDLE_EXIT = 3  # exit status of an inspector that left because it had nothing to do
 MEMORY_WORDS = ("OOM when allocating", "bad_alloc", "Cannot allocate memory")
 
 
@@ -132,7 +133,7 @@ def _forget_loaded_models(request: dict[str, Any]) -> None:
 def _next_request(stdin: BinaryIO, idle_timeout: float | None) -> dict[str, Any] | None:
     ready, _, _ = select.select([stdin], [], [], idle_timeout)
     if not ready:
-        return None
+        raise TimeoutError
     line = stdin.readline()
     return json.loads(line) if line.strip() else None
 
@@ -167,10 +168,15 @@ def main(argv: list[str] | None = None) -> int:
 
     stdin, stdout = sys.stdin.buffer, _protocol_stdout()
     _send(stdout, {"ready": os.getpid()})
-    while (request := _next_request(stdin, args.idle_timeout or None)) is not None:
+    while True:
+        try:
+            request = _next_request(stdin, args.idle_timeout or None)
+        except TimeoutError:
+            return IDLE_EXIT
+        if request is None:
+            return 0
         _send(stdout, run_job(request))
         _forget_loaded_models(request)  # after the reply (the next job may wait for it)
-    return 0
 
 
 if __name__ == "__main__":

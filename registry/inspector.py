@@ -35,6 +35,7 @@ from typing import IO, Any
 from django.conf import settings
 
 from registry.errors import InspectionFailed, InspectorUnavailable
+from registry.inspect_worker import IDLE_EXIT
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +61,10 @@ def inspector_environment(source: dict[str, str] | None = None) -> dict[str, str
 
 class _Crashed(Exception):
     """The inspector ended (or was ended) without answering."""
+
+
+class _LeftIdle(Exception):
+    """The inspector hit its idle timeout as the job was sent: try again with a fresh one."""
 
 
 @dataclass(eq=False)
@@ -212,14 +217,19 @@ class InspectorPool:
 
     def run(self, request: dict[str, Any], filename: str) -> dict[str, Any]:
         """Inspect in a warm inspector: the reply, or InspectionFailed naming ``filename``."""
-        inspector = self._acquire()
-        healthy = False
-        try:
-            inspector.wait_ready()
-            reply, healthy = self._ask(inspector, request, filename)
-            return reply
-        finally:
-            self._release(inspector, healthy)
+        for attempt in range(2):
+            inspector = self._acquire()
+            healthy = False
+            try:
+                inspector.wait_ready()
+                reply, healthy = self._ask(inspector, request, filename)
+                return reply
+            except _LeftIdle:
+                if attempt:
+                    raise InspectorUnavailable("The model inspector process keeps exiting; see the server log.")
+            finally:
+                self._release(inspector, healthy)
+        raise AssertionError("unreachable")
 
     def _ask(self, inspector: Inspector, request: dict[str, Any], filename: str) -> tuple[dict[str, Any], bool]:
         timeout = settings.INSPECT_TIMEOUT
@@ -237,6 +247,8 @@ class InspectorPool:
                 inspector.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 inspector.kill()  # alive but talking nonsense
+            if inspector.proc.returncode == IDLE_EXIT:
+                raise _LeftIdle from None  # it timed out just as the job came: never saw it
             raise self._crash_error(inspector, filename, since) from None
         if reply.get("limit") == "memory":
             raise _memory_error(filename)
