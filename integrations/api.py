@@ -49,16 +49,24 @@ class TokenDetail(APIView):
     def get(self, request: Request, token_id: int) -> Response:
         return Response(TokenOutput(tokens.get_token(request.user, token_id)).data)
 
-    @extend_schema(responses=TokenOutput)
+    @extend_schema(responses={200: TokenOutput})
     def delete(self, request: Request, token_id: int) -> Response:
-        token = tokens.token_revoke(token=tokens.get_token(request.user, token_id), actor=request.user)
-        return Response(TokenOutput(token).data)
+        return _revoke(request, token_id)
 
 
-class TokenRevoke(TokenDetail):
-    @extend_schema(request=None, responses=TokenOutput)
+class TokenRevoke(APIView):
+    """POST revokes a token (the same as DELETE on the token, for clients that cannot send DELETE)."""
+
+    permission_classes = [permissions.IsAuthenticated]
+
+    @extend_schema(request=None, responses={200: TokenOutput})
     def post(self, request: Request, token_id: int) -> Response:
-        return self.delete(request, token_id)
+        return _revoke(request, token_id)
+
+
+def _revoke(request: Request, token_id: int) -> Response:
+    token = tokens.token_revoke(token=tokens.get_token(request.user, token_id), actor=request.user)
+    return Response(TokenOutput(token).data)
 
 
 class WebhookList(generics.ListAPIView):
