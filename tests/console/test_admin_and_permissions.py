@@ -2,6 +2,7 @@
 local endpoints `make run` registers."""
 from __future__ import annotations
 
+import hashlib
 import html
 
 import pytest
@@ -141,3 +142,19 @@ def test_unknown_model_or_release_is_a_404_page_not_an_error(client, alice):
     assert response.status_code == 404 and "No registered model is named 'nope'" in html.unescape(response.content.decode())
     response = client.post("/models/nope/release/", {"version": "1", "environment": "production"})
     assert response.status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_model_page_links_each_version_to_its_verified_download(client, alice, registered, artifacts):
+    from registry import services
+    from registry.uploads import StagedFile
+
+    services.version_create(model=registered, staged=StagedFile.from_path(artifacts["tflite"]), actor=alice)
+    client.force_login(alice)
+    page = client.get(f"/models/{registered.name}/").content.decode()
+    url = f"/api/v1/models/{registered.name}/versions/1/artifact"
+    assert f'href="{url}"' in page
+    download = client.get(url)
+    body = b"".join(download.streaming_content) if download.streaming else download.content
+    assert download.status_code == 200
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(artifacts["tflite"].read_bytes()).hexdigest()
