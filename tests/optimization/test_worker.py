@@ -38,7 +38,8 @@ def test_a_real_worker_process_runs_a_job(api, digits_model, worker, storage_roo
     assert job.status == "succeeded", (job.error, job.log)
     assert job.worker.endswith(f":{worker.pid}")
     assert job.variant.format == "tflite" and job.variant.parent.number == 1
-    assert files_under(storage_root / "tmp") == []
+    # The worker removes its scratch directory right after it commits the result.
+    wait_for(lambda: files_under(storage_root / "tmp") == [], timeout=20, what="scratch cleanup")
 
 
 @pytest.mark.django_db(transaction=True)
