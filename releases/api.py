@@ -109,9 +109,10 @@ ReleaseCancel = transition_view(services.release_cancel, CommentInput, takes_com
 ReleaseBuild = transition_view(services.release_build_request)
 
 
-def _promote(*, release: Release, actor: Any, endpoint: str, canary: bool) -> Release:
+def _promote(*, release: Release, actor: Any, endpoint: str, canary: bool, weight: int = 10) -> Release:
     target = promotion.get_endpoint(endpoint) if endpoint else None
-    return promotion.release_promote_request(release=release, actor=actor, endpoint=target, canary=canary)
+    return promotion.release_promote_request(release=release, actor=actor, endpoint=target, canary=canary,
+                                             weight=weight)
 
 
 ReleasePromote = transition_view(_promote, PromoteInput, takes_comment=True)

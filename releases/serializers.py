@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from registry.models import AuditEvent
 from registry.serializers import AuditEventOutput
-from releases.container_promotion import route_path
+from releases.promotion import route_path
 from releases.models import Approval, Environment, Release
 
 
@@ -93,6 +93,9 @@ class PromoteInput(serializers.Serializer):
     endpoint = serializers.CharField(required=False, allow_blank=True, default="",
                                      help_text="One endpoint; default: every endpoint of the release's environment.")
     canary = serializers.BooleanField(default=False, help_text="Only label the new version `canary`.")
+    weight = serializers.IntegerField(default=10, min_value=1, max_value=100,
+                                      help_text="A canary's share of traffic (%) where the endpoint splits by "
+                                                "weight (docker endpoints; model repositories use the label).")
 
 
 class EndpointInput(serializers.Serializer):
@@ -111,6 +114,7 @@ class EndpointInput(serializers.Serializer):
 class PromotionOutput(serializers.Serializer):
     endpoint = serializers.CharField(source="endpoint.name")
     canary = serializers.BooleanField()
+    canary_weight = serializers.IntegerField()
     state = serializers.CharField()
     previous_version = serializers.IntegerField(allow_null=True)
     steps = serializers.JSONField()

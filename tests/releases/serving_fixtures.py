@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-from releases.promotion_engine import RepositoryEndpoint
+from releases.deploy.repository_engine import RepositoryEndpoint
 from releases.tfserving import TFServingClient
 from tests.serving.serving_contract import stop_process
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from registry.models import AuditEvent
-from releases import promotion, promotion_engine as engine
+from releases import promotion
+from releases.deploy import repository_engine as engine
 from releases.endpoints import EndpointRefused
 from releases.models import Endpoint, Environment, Promotion, Release
 from tests.conftest import _user
@@ -165,12 +166,10 @@ def test_docker_host_must_be_one_the_operator_allowed(operator_api, settings):
 
 @pytest.mark.django_db
 def test_docker_host_is_checked_again_when_used():
-    from releases.container_promotion import docker_client
-
     endpoint = Endpoint.objects.create(name="old", environment=Environment.objects.get(name="production"),
                                        kind="docker", grpc_port_base=9600, docker_host="tcp://10.0.0.9:2375")
     with pytest.raises(EndpointRefused, match="docker_host"):
-        docker_client(endpoint)
+        promotion.driver(endpoint)
 
 
 @pytest.mark.django_db

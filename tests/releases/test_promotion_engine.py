@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from releases import promotion_engine as engine
-from releases.promotion_engine import (
+from releases.deploy import repository_engine as engine
+from releases.deploy.repository_engine import (
     PromotionFailed, RepositoryEndpoint, VersionExists, model_entry, policy_versions, read_config)
 from releases.tfserving import (
     EndpointUnreachable, LoadFailed, ModelServerConfig, ServingTimeout, SignatureMismatch, TFServingClient,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from releases import promotion_engine as engine
+from releases.deploy import repository_engine as engine
 from releases.router import serve, write_route
 from releases.tfserving import TFServingClient
 from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)

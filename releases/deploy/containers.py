@@ -14,7 +14,7 @@ Promotion (``promote_container``), per /work/shared/reference/tf-serving.md (Doc
   that exits or restarts fails the step with its last log lines);
 * validate: the signature (also against the old container's version, if it still answers) and
   Predict on the recorded samples, with the promotion engine's own checks
-  (``promotion_engine.check_signature`` / ``check_answers``);
+  (``repository_engine.check_signature`` / ``check_answers``);
 * retire (optional, ``grace_s``): containers of the endpoint older than the old one are stopped
   and removed; the old one is kept for rollback.
 
@@ -37,10 +37,10 @@ from typing import Any
 import docker
 import requests
 
-from . import images
-from .promotion_engine import (
-    OnStep, PromotionFailed, Samples, _Reporter, check_answers, check_signature)
-from .tfserving import (
+from releases import images
+from releases.deploy.repository_engine import (
+    OnStep, PromotionFailed, Samples, Reporter, check_answers, check_signature)
+from releases.tfserving import (
     AVAILABLE, EndpointUnreachable, LoadFailed, ServingTimeout, TFServingClient, TFServingError,
     VersionNotLoaded)
 
@@ -323,7 +323,7 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
     Steps: check, start, available, validate, [retire], done; on failure remove, failed, then
     ContainerPromotionFailed(step, reason)."""
     parsed = Samples.parse(dict(samples) if isinstance(samples, Mapping) else samples)
-    report = _Reporter(on_step)
+    report = Reporter(on_step)
     started = time.monotonic()
     deadline = started + deadline_s
     state: dict[str, Any] = {"step": "check", "container": None}
