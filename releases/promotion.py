@@ -23,7 +23,7 @@ from optimization.models import VersionMetrics
 from registry import audit, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import ModelVersion
-from releases import deploy, endpoints
+from releases import deploy, endpoints, gates
 from releases.deploy.repository_engine import PromotionFailed
 from releases.models import Endpoint, Promotion, Release
 from releases.services import Forbidden, InvalidTransition, transition, release_fail
@@ -306,7 +306,8 @@ def _promote_one(release: Release, promotion: Promotion) -> None:
             version.model.name, version.number, model_path, samples_for(version, model_path), promotion.canary,
             lambda s, m: _record_step(promotion, s, m), tolerance=tolerance_for(version),
             image_ref=release.image_ref if release.image_digest else "", release_id=release.pk,
-            weight=promotion.canary_weight if promotion.canary else 100)
+            weight=promotion.canary_weight if promotion.canary else 100,
+            accept_signature_change=bool(gates.approved_signature_change(release)))
         _apply(promotion.endpoint, outcome)
         _finish(promotion, PromotionState.SUCCEEDED, previous=outcome.previous_version)
     finally:

@@ -51,12 +51,23 @@ class ReleaseOutput(serializers.ModelSerializer):
     baseline = serializers.IntegerField(source="baseline.number", allow_null=True, default=None)
     image = serializers.SerializerMethodField()
     failure = serializers.SerializerMethodField()
+    warnings = serializers.SerializerMethodField()
 
     class Meta:
         model = Release
         fields = ["id", "model", "version", "environment", "notes", "requester", "state", "gates", "gates_passed",
-                  "baseline", "override_reason", "image", "failure", "created_at", "updated_at", "submitted_at",
-                  "decided_at"]
+                  "baseline", "override_reason", "image", "failure", "warnings", "created_at", "updated_at",
+                  "submitted_at", "decided_at"]
+
+    def get_warnings(self, release: Release) -> list[str]:
+        """What clients must know: a serving-signature change approved over the gate."""
+        from releases.gates import approved_signature_change
+
+        changes = approved_signature_change(release)
+        if not changes:
+            return []
+        return [f"This release changes the serving signature (approved: {release.override_reason}); clients of "
+                f"the previous version must adapt: {'; '.join(changes)}"]
 
     def get_image(self, release: Release) -> dict[str, Any] | None:
         if not (release.image_id or release.image_digest):

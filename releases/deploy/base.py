@@ -69,10 +69,13 @@ class EndpointDriver(ABC):
     @abstractmethod
     def promote(self, model: str, version: int, saved_model_dir: Path | None, samples: dict[str, Any],
                 canary: bool, on_step: OnStep | None, *, tolerance: tuple[float, float],
-                image_ref: str = "", release_id: int | None = None, weight: int = 100) -> Outcome:
+                image_ref: str = "", release_id: int | None = None, weight: int = 100,
+                accept_signature_change: bool = False) -> Outcome:
         """Serve ``version`` of ``model``, validated on ``samples`` (signature, then answers within
         ``tolerance``). ``canary``: to ``weight`` % of traffic (or the kind's own canary label),
-        the rest stays on the current version. Raises ``PromotionFailed`` (``step``, ``reason``)."""
+        the rest stays on the current version. ``accept_signature_change``: a signature that breaks the
+        current version's clients was approved (an override); it is reported instead of refused.
+        Raises ``PromotionFailed`` (``step``, ``reason``)."""
 
     @abstractmethod
     def complete_canary(self, model: str) -> Outcome:

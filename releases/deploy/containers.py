@@ -310,7 +310,7 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
                       mounts: Iterable[docker.types.Mount] = (),
                       environment: Mapping[str, str] | None = None,
                       restart_policy: Mapping[str, Any] | None = None,
-                      host: str = DEFAULT_HOST) -> ContainerPromotion:
+                      host: str = DEFAULT_HOST, accept_signature_change: bool = False) -> ContainerPromotion:
     """Start ``image_ref`` beside ``old``, wait until ``version`` is AVAILABLE, validate it
     (signature + recorded samples, through ``label`` if given, else the version), and return its
     target. The caller switches traffic by recording ``grpc_target``/``rest_url`` as active.
@@ -389,7 +389,8 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
             else:
                 old_serving = None
             try:
-                check_signature(signature_client, model_name, version, parsed, reference)
+                changes = check_signature(signature_client, model_name, version, parsed, reference,
+                                          accept_change=accept_signature_change)
             finally:
                 if old_serving is not None:
                     old_serving.close()
@@ -397,7 +398,8 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
             check_answers(serving, model_name, version, parsed, tolerance, label=label)
             report("validate", f"signature{'' if reference is None else f' (vs version {reference})'}"
                                f"{note} and {len(parsed.inputs)} sample answers match through "
-                               f"{f'label {label!r}' if label else f'version {version}'}")
+                               f"{f'label {label!r}' if label else f'version {version}'}"
+                               + (f"; signature change approved: {'; '.join(changes)}" if changes else ""))
 
         retirement = None
         if grace_s is not None:

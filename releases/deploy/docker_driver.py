@@ -41,7 +41,8 @@ class DockerDriver(EndpointDriver):
 
     def promote(self, model: str, version: int, saved_model_dir: Path | None, samples: dict[str, Any],
                 canary: bool, on_step: OnStep | None, *, tolerance: tuple[float, float],
-                image_ref: str = "", release_id: int | None = None, weight: int = 100) -> Outcome:
+                image_ref: str = "", release_id: int | None = None, weight: int = 100,
+                accept_signature_change: bool = False) -> Outcome:
         if not image_ref:
             raise PromotionFailed("prepare", NoImage(f"Endpoint {self.spec.name} runs containers: release "
                                                      f"{release_id} needs its image built first."),
@@ -55,7 +56,8 @@ class DockerDriver(EndpointDriver):
                 client, endpoint_name=self.spec.name, model_name=model, version=version, image_ref=image_ref,
                 samples=samples, tolerance=tolerance, old=old, ports=self.ports(old), on_step=on_step,
                 deadline_s=self.spec.deadline_s, gpu=bool(profile.get("gpu")), release_id=release_id,
-                mounts=self.mounts(), environment=profile.get("environment") or None)
+                mounts=self.mounts(), environment=profile.get("environment") or None,
+                accept_signature_change=accept_signature_change)
             new = {"container_id": result.new_container_id, "grpc_target": result.grpc_target,
                    "rest_url": result.rest_url, "version": version}
             if canary and old is not None:  # the current container keeps the rest of the traffic

@@ -25,14 +25,15 @@ class ModelRepositoryDriver(EndpointDriver):
 
     def promote(self, model: str, version: int, saved_model_dir: Path | None, samples: dict[str, Any],
                 canary: bool, on_step: OnStep | None, *, tolerance: tuple[float, float],
-                image_ref: str = "", release_id: int | None = None, weight: int = 100) -> Outcome:
+                image_ref: str = "", release_id: int | None = None, weight: int = 100,
+                accept_signature_change: bool = False) -> Outcome:
         # TF Serving splits by label, not by weight: a canary here is the `canary` label only.
         if saved_model_dir is None:
             raise engine.PromotionFailed("prepare", ValueError("a model repository needs the SavedModel"),
                                          model_name=model, version=version)
         result = engine.promote(self.repository(), model_name=model, version=version, saved_model_src=saved_model_dir,
                                 samples=samples, tolerance=tolerance, canary_only=canary, on_step=on_step,
-                                deadline_s=self.spec.deadline_s)
+                                deadline_s=self.spec.deadline_s, accept_signature_change=accept_signature_change)
         return Outcome(previous_version=result.previous_version)
 
     def complete_canary(self, model: str) -> Outcome:

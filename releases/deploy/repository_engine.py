@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
+from releases.deploy import signatures
 from releases.deploy.durable import NotARegularFile, file_lock, fsync_dir, write_text_atomically
 from releases.tfserving import (
     AVAILABLE, END, EndpointUnreachable, LoadFailed, ModelServerConfig, ReloadRefused,
@@ -469,10 +470,12 @@ class Samples:
 
 
 def check_signature(client: TFServingClient, model_name: str, version: int, samples: Samples,
-                    reference_version: int | None) -> None:
+                    reference_version: int | None, *, accept_change: bool = False) -> list[str]:
     """The version's serving_default takes samples.input_name/dtype and gives samples.output_name;
-    if a reference (the current stable) is given, the new one has the same input names and dtypes
-    and at least its outputs with the same dtypes (clients of `stable` keep working)."""
+    if a reference (the current stable) is given, the new one keeps its clients working
+    (``signatures.differences``: same input names and dtypes, every old output, compatible shapes).
+    ``accept_change``: a change from the reference was approved (an override of the signature
+    gate): the differences are returned, to be reported, instead of refusing."""
     new = client.signature(model_name, version=version)
     problems = []
     spec = new.inputs.get(samples.input_name)
@@ -482,19 +485,16 @@ def check_signature(client: TFServingClient, model_name: str, version: int, samp
         problems.append(f"input {samples.input_name!r} is {spec.dtype}, the samples are {samples.dtype}")
     if samples.output_name not in new.outputs:
         problems.append(f"no output {samples.output_name!r} (outputs: {', '.join(sorted(new.outputs))})")
+    changes: list[str] = []
     if reference_version is not None and reference_version != version:
         old = client.signature(model_name, version=reference_version)
-        old_in = {k: v.dtype for k, v in old.inputs.items()}
-        new_in = {k: v.dtype for k, v in new.inputs.items()}
-        if old_in != new_in:
-            problems.append(f"inputs {new_in} differ from version {reference_version}'s {old_in}")
-        for name, old_spec in old.outputs.items():
-            if name not in new.outputs or new.outputs[name].dtype != old_spec.dtype:
-                got = new.outputs[name].dtype if name in new.outputs else "missing"
-                problems.append(f"output {name!r} is {got}, version {reference_version} has {old_spec.dtype}")
-    if problems:
+        changes = signatures.differences(signatures.from_served(old.inputs), signatures.from_served(old.outputs),
+                                         signatures.from_served(new.inputs), signatures.from_served(new.outputs),
+                                         old_name=f"version {reference_version}")
+    if problems or (changes and not accept_change):
         raise SignatureMismatch(f"Signature serving_default of {model_name} version {version} does not "
-                                f"match: {'; '.join(problems)}")
+                                f"match: {'; '.join(problems + changes)}")
+    return changes
 
 
 def check_answers(client: TFServingClient, model_name: str, version: int, samples: Samples,
@@ -570,7 +570,8 @@ class Reporter:
 def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, saved_model_src: Path,
             samples: dict[str, Any] | Samples, tolerance: tuple[float, float] = (1e-5, 1e-6),
             canary_only: bool = False, on_step: OnStep | None = None, deadline_s: float = 60.0,
-            expected_sha256: str | None = None, delete_retired: bool = True) -> PromotionResult:
+            expected_sha256: str | None = None, delete_retired: bool = True,
+            accept_signature_change: bool = False) -> PromotionResult:
     """Stage `saved_model_src` as `version` of `model_name` and make it `stable` (or only `canary`).
 
     Steps, each reported as on_step(step, message):
@@ -600,6 +601,7 @@ def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, save
         report("lock", f"holding {endpoint.base_dir / LOCK_NAME}")
         run = _Promotion(endpoint, model_name, version, Path(saved_model_src), parsed, tolerance,
                          canary_only, report, deadline_s, expected_sha256, delete_retired)
+        run.accept_signature_change = accept_signature_change  # an approved override of the signature gate
         return run.run()
 
 
@@ -622,6 +624,7 @@ class _Promotion:
         self.staged: StagedVersion | None = None
         self.stable_moved = False
         self.delete_retired = delete_retired
+        self.accept_signature_change = False
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -706,10 +709,12 @@ class _Promotion:
         # validate by version number: nothing has to move before the new version is proven, so a
         # promotion is two reloads (load, then the label flip), the minimum TF Serving allows.
         self.step = "validate"
-        check_signature(self.client, model, new, self.samples, stable)
+        changes = check_signature(self.client, model, new, self.samples, stable,
+                                  accept_change=self.accept_signature_change)
         check_answers(self.client, model, new, self.samples, self.tolerance)
         self.report("validate", f"signature and {len(self.samples.inputs)} sample answers of version {new} "
-                                f"match the registry's")
+                                f"match the registry's" + (f"; signature change approved: {'; '.join(changes)}"
+                                                           if changes else ""))
 
         # final: keep the previous stable (for rollback), the new one, and other labels' versions.
         others = {v for label, v in labels.items() if label not in (STABLE, CANARY)}
