@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from releases.deploy import repository_engine as engine  # noqa: E402
 from releases.router import serve, write_route  # noqa: E402
 from releases.tfserving import TFServingClient  # noqa: E402
-from tests.releases.traffic import Traffic  # noqa: E402
+from releases.traffic import Traffic  # noqa: E402
 
 MODEL = "bench"
 FEATURES = 32

@@ -248,7 +248,7 @@ def optimize(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def _job(job_id: int) -> Any:
-    optimization.jobs_reap_stale()  # like the API's job reads: a dead worker's job shows as failed
+    # A read never writes: a dead worker's job is reaped on the worker's schedule (optimization.tasks).
     return optimization.get_job(job_id)
 
 

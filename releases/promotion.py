@@ -383,8 +383,9 @@ def check_endpoint_health(endpoint: Endpoint) -> Endpoint:
         health = driver(endpoint).health()
     except endpoints.EndpointRefused as exc:
         with TFServingClient(endpoint.grpc_target, timeout=settings.PROMOTION_RPC_TIMEOUT) as client:
-            health = deploy.Health(reachable=client.reachable(),
-                                   error=f"not allowed by the operator's policy: {exc.message}")
+            reachable = client.reachable()
+        health = deploy.Health(reachable, error=f"not allowed by the operator's policy: {exc.message}" if reachable
+                               else f"{endpoint.grpc_target} does not answer")
     was_healthy = endpoint.reachable is not False and not endpoint.health_error
     with transaction.atomic():
         Endpoint.objects.filter(pk=endpoint.pk).update(reachable=health.reachable, health=health.models,

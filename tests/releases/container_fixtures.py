@@ -35,7 +35,7 @@ import pytest
 from releases import images
 from releases.deploy import containers
 from tests.releases.serving_fixtures import Models, tiny_models  # noqa: F401 - fixture
-from tests.releases.traffic import Traffic  # noqa: F401 - re-exported for the container tests
+from releases.traffic import Traffic  # noqa: F401 - re-exported for the container tests
 
 __all__ = ["docker_client", "harness_base", "release_image", "endpoint_name", "tiny_models",
            "harness_mounts", "Traffic", "HARNESS_SERVING_DIR", "RUN_ID"]

@@ -22,7 +22,7 @@ from releases.models import Endpoint, Environment, Release
 from releases.router import serve
 from releases.tfserving import TFServingClient
 from tests.releases.container_fixtures import docker_client, harness_base, harness_mounts  # noqa: F401
-from tests.releases.traffic import Traffic
+from releases.traffic import Traffic
 
 pytestmark = pytest.mark.docker
 

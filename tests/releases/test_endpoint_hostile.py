@@ -19,7 +19,7 @@ from releases import promotion
 from releases.deploy import repository_engine as engine
 from releases.endpoints import EndpointRefused
 from releases.models import Endpoint, Environment, Promotion, Release
-from tests.conftest import _user
+from tests.conftest import make_user
 from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F401  (fixtures)
 
 SECRET = "s3cr3t-token-do-not-leak"
@@ -216,7 +216,7 @@ def test_a_valid_profile_is_stored(operator_api):
 @pytest.mark.django_db
 def test_admin_needs_the_operator_permission_and_applies_the_policy(client, django_user_model, olivia, root,
                                                                      storage_root):
-    staff = _user(django_user_model, "sam", ["releases.add_endpoint", "releases.change_endpoint",
+    staff = make_user(django_user_model, "sam", ["releases.add_endpoint", "releases.change_endpoint",
                                              "releases.view_endpoint"], is_staff=True)
     client.force_login(staff)
     assert client.get("/admin/releases/endpoint/add/").status_code == 403

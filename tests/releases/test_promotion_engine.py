@@ -20,7 +20,7 @@ from releases.tfserving import (
     VersionNotLoaded, WrongAnswers)
 from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
 from tests.releases.serving_fixtures import LiveServer, Models, free_port
-from tests.releases.traffic import Traffic
+from releases.traffic import Traffic
 
 TOLERANCE = (1e-5, 1e-6)
 HAPPY_STEPS = ["lock", "check", "stage", "load", "available", "validate", "promote", "done"]

@@ -16,7 +16,7 @@ from releases.router import serve, write_route
 from releases.tfserving import TFServingClient
 from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
 from tests.releases.serving_fixtures import LiveServer, Models
-from tests.releases.traffic import Traffic
+from releases.traffic import Traffic
 
 MODEL = "routed"
 
