@@ -227,6 +227,14 @@ def release_promote_request(*, release: Release, actor: AbstractBaseUser | None,
     return release
 
 
+def release_promote(*, release: Release, actor: AbstractBaseUser | None, endpoint: str = "", canary: bool = False,
+                    weight: int = DEFAULT_CANARY_WEIGHT) -> Release:
+    """``release_promote_request`` with the endpoint by name ("" = every endpoint of the
+    environment): what the API and the console call with the promote form's fields."""
+    target = get_endpoint(endpoint) if endpoint else None
+    return release_promote_request(release=release, actor=actor, endpoint=target, canary=canary, weight=weight)
+
+
 def release_promote_run(*, release_id: int) -> None:
     """Run the queued promotions of a release, one endpoint after another (each under its lock)."""
     release = Release.objects.select_related("version__model", "environment").get(pk=release_id)

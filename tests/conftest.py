@@ -154,6 +154,12 @@ def upload(api, name: str, path: Path, **fields):  # type: ignore[no-untyped-def
         return api.post(f"/api/v1/models/{name}/versions/", {"artifact": fh, **fields}, format="multipart")
 
 
+def post_dataset(api, model: str, path: Path, **fields):  # type: ignore[no-untyped-def]
+    """POST a dataset file as the multipart ``file`` field."""
+    with open(path, "rb") as fh:
+        return api.post(f"/api/v1/models/{model}/datasets/", {"file": fh, **fields}, format="multipart")
+
+
 def files_under(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
