@@ -4,7 +4,7 @@
 
 What it measures (targets: overhead <= 1 s, rollback <= 1 s, zero failed requests):
 
-* repository kind (releases.promotion_engine.promote) against a real `python -m serving` process
+* repository kind (releases.deploy.repository_engine.promote) against a real `python -m serving` process
   on a temporary model repository (empty models.config, read once; every change goes through
   HandleReloadConfigRequest as in production). A client thread sends Predict to label `stable`
   back to back (~2 ms pause) for the whole run.
@@ -18,7 +18,7 @@ What it measures (targets: overhead <= 1 s, rollback <= 1 s, zero failed request
   - rollback: from calling rollback() until the client first gets an answer from the previous
     version through `stable`.
   Each round: promote v(i) (stable v(i-1) -> v(i)), then roll back to v(i-1).
-* docker kind (releases.containers.promote_container), if --kind docker|both: release images built
+* docker kind (releases.deploy.containers.promote_container), if --kind docker|both: release images built
   with images.build_image FROM the serving TEST HARNESS base image of tests/releases/
   container_fixtures.py (the host's Python + `serving` bind-mounted into a busybox image: a test
   stand-in for the TF Serving image). The client sends to a releases.router at one fixed address;
@@ -55,10 +55,10 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from releases import promotion_engine as engine  # noqa: E402
+from releases.deploy import repository_engine as engine  # noqa: E402
 from releases.router import serve, write_route  # noqa: E402
 from releases.tfserving import TFServingClient  # noqa: E402
-from tests.releases.traffic import Traffic  # noqa: E402
+from releases.traffic import Traffic  # noqa: E402
 
 MODEL = "bench"
 FEATURES = 32
@@ -222,7 +222,8 @@ def bench_repository(rounds: int, work: Path) -> bool:
 def bench_docker(rounds: int, work: Path) -> bool:
     import docker
 
-    from releases import containers, images
+    from releases import images
+    from releases.deploy import containers
     from tests.releases import container_fixtures as harness
 
     client = docker.DockerClient(version="auto", timeout=120)
@@ -255,7 +256,7 @@ def bench_docker(rounds: int, work: Path) -> bool:
                                              **common)
         active = first
         # The client sends to a router at one fixed address; each switch rewrites its route file,
-        # as the docker endpoint service does (releases/container_promotion.py).
+        # as the docker endpoint service does (releases/deploy/docker_driver.py).
         route = work / "routes" / f"{endpoint}.json"
         write_route(route, grpc_target=first.grpc_target)
         router, router_handler = serve("127.0.0.1:0", route)

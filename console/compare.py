@@ -120,37 +120,37 @@ def release_diff(mine: ModelVersion, theirs: ModelVersion | None) -> list[dict[s
     return rows
 
 
-S = Release.State
+ReleaseState = Release.State
 
 
 def stepper(release: Release) -> list[dict[str, str]]:
     """The pipeline draft → … → live, each step done, current, failed or to do."""
-    names = [S.DRAFT, S.PENDING_APPROVAL, S.APPROVED]
+    names = [ReleaseState.DRAFT, ReleaseState.PENDING_APPROVAL, ReleaseState.APPROVED]
     if release.environment.build_image:
-        names += [S.IMAGE_BUILDING, S.IMAGE_READY]
-    names += [S.PROMOTING, S.LIVE]
+        names += [ReleaseState.IMAGE_BUILDING, ReleaseState.IMAGE_READY]
+    names += [ReleaseState.PROMOTING, ReleaseState.LIVE]
     state = release.state
     order = {s: i for i, s in enumerate(names)}
-    if state == S.CANARY:
-        current = order[S.PROMOTING] + 0.5
+    if state == ReleaseState.CANARY:
+        current = order[ReleaseState.PROMOTING] + 0.5
     elif state in order:
         current = order[state]
-    elif state in (S.ROLLED_BACK, S.SUPERSEDED):
+    elif state in (ReleaseState.ROLLED_BACK, ReleaseState.SUPERSEDED):
         current = len(names)  # it went live, then was replaced
-    elif state == S.FAILED:
+    elif state == ReleaseState.FAILED:
         step = release.failure_step
-        current = order[S.PROMOTING] if step.startswith("promote") else order.get(S.IMAGE_BUILDING, order[S.APPROVED])
+        current = order[ReleaseState.PROMOTING] if step.startswith("promote") else order.get(ReleaseState.IMAGE_BUILDING, order[ReleaseState.APPROVED])
     else:  # rejected, cancelled: stopped after the last decision point reached
-        current = order[S.APPROVED] if release.decided_at else order[S.PENDING_APPROVAL]
+        current = order[ReleaseState.APPROVED] if release.decided_at else order[ReleaseState.PENDING_APPROVAL]
     steps = []
     for i, name in enumerate(names):
         if i < current:
             status = "done"
         elif i == current or (i == int(current) and current % 1):
-            status = "failed" if state in (S.FAILED, S.REJECTED, S.CANCELLED) else "current"
+            status = "failed" if state in (ReleaseState.FAILED, ReleaseState.REJECTED, ReleaseState.CANCELLED) else "current"
         else:
             status = "todo"
-        if name == S.LIVE and state == S.LIVE:
+        if name == ReleaseState.LIVE and state == ReleaseState.LIVE:
             status = "done"
         steps.append({"name": name, "label": Release.State(name).label.replace("_", " "), "status": status})
     return steps

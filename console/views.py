@@ -248,7 +248,7 @@ def optimize(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def _job(job_id: int) -> Any:
-    optimization.jobs_reap_stale()  # like the API's job reads: a dead worker's job shows as failed
+    # A read never writes: a dead worker's job is reaped on the worker's schedule (optimization.tasks).
     return optimization.get_job(job_id)
 
 
@@ -379,11 +379,6 @@ def release_live(request: HttpRequest, release_id: int) -> HttpResponse:
     return render(request, "console/partials/release_live.html", ctx)
 
 
-def _promote(*, release: Release, actor: Any, endpoint: str, canary: bool) -> Release:
-    target = promotion.get_endpoint(endpoint) if endpoint else None
-    return promotion.release_promote_request(release=release, actor=actor, endpoint=target, canary=canary)
-
-
 def _rollback(*, release: Release, actor: Any, comment: str) -> Release:
     if not comment.strip():  # the page asks for a reason before a rollback; the audit row keeps it
         raise RegistryError("A rollback from the console needs a reason.", code="validation_error")
@@ -397,7 +392,7 @@ RELEASE_ACTIONS: dict[str, tuple[Callable[..., Release], str | None, type | None
     "reject": (releases.release_reject, None, DecisionInput),
     "cancel": (releases.release_cancel, "releases.change_release", CommentInput),
     "build": (releases.release_build_request, "releases.change_release", None),
-    "promote": (_promote, "releases.change_release", PromoteInput),
+    "promote": (promotion.release_promote, "releases.change_release", PromoteInput),
     "complete": (promotion.release_complete, "releases.change_release", None),
     "rollback": (_rollback, "releases.change_release", CommentInput),
 }

@@ -8,7 +8,7 @@ from typing import Any
 
 from optimization.budget import OBJECTIVES
 from optimization.passes import AUTO_CANDIDATES, NAMED_PIPELINES, PASSES
-from optimization.passes._common import Param
+from optimization.passes.common import Param
 
 _TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 

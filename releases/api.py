@@ -109,12 +109,7 @@ ReleaseCancel = transition_view(services.release_cancel, CommentInput, takes_com
 ReleaseBuild = transition_view(services.release_build_request)
 
 
-def _promote(*, release: Release, actor: Any, endpoint: str, canary: bool) -> Release:
-    target = promotion.get_endpoint(endpoint) if endpoint else None
-    return promotion.release_promote_request(release=release, actor=actor, endpoint=target, canary=canary)
-
-
-ReleasePromote = transition_view(_promote, PromoteInput, takes_comment=True)
+ReleasePromote = transition_view(promotion.release_promote, PromoteInput, takes_comment=True)
 ReleaseComplete = transition_view(promotion.release_complete)
 ReleaseRollback = transition_view(promotion.release_rollback, CommentInput, takes_comment=True)
 

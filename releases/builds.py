@@ -23,7 +23,7 @@ from optimization.models import VersionMetrics
 from registry import services as registry
 from releases import images
 from releases.models import Release
-from releases.services import S, release_fail, transition
+from releases.services import ReleaseState, release_fail, transition
 
 log = logging.getLogger(__name__)
 MAX_WARMUP_REQUESTS = 100  # TF Serving reads at most 1000; a few rows prove the model runs
@@ -72,22 +72,22 @@ def append_log(release_id: int, line: str) -> None:
 def release_build_run(*, release_id: int) -> None:
     with transaction.atomic():
         release = Release.objects.select_related("version__model", "environment").get(pk=release_id)
-        if release.state != S.APPROVED:
+        if release.state != ReleaseState.APPROVED:
             log.info("release %s is %s; not building", release_id, release.state)
             return
-        release = transition(release, to=S.IMAGE_BUILDING, allowed_from=[S.APPROVED], actor=None,
+        release = transition(release, to=ReleaseState.IMAGE_BUILDING, allowed_from=[ReleaseState.APPROVED], actor=None,
                         action="release.build_start", verb="built", fields={"build_log": ""})
     workdir = Path(tempfile.mkdtemp(prefix=f"build-{release_id}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
     try:
         _build(release, workdir)
     except images.ImageBuildError as exc:
         append_log(release.pk, f"ERROR: {exc}")
-        release_fail(release, step="build", reason=str(exc), retryable=exc.retryable, allowed_from=[S.IMAGE_BUILDING])
+        release_fail(release, step="build", reason=str(exc), retryable=exc.retryable, allowed_from=[ReleaseState.IMAGE_BUILDING])
     except Exception as exc:  # noqa: BLE001 - any other failure must still leave a clear state
         log.exception("build of release %s failed", release_id)
         append_log(release.pk, f"ERROR: {type(exc).__name__}: {exc}")
         release_fail(release, step="build", reason=f"{type(exc).__name__}: {exc}", retryable=False,
-                     allowed_from=[S.IMAGE_BUILDING])
+                     allowed_from=[ReleaseState.IMAGE_BUILDING])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -120,7 +120,7 @@ def _build(release: Release, workdir: Path) -> None:
     digest = pushed.rpartition("@")[2]
     images.verify_pushed(spec.repository, digest, client, expected_image_id=built.image_id, auth=registry_auth())
     with transaction.atomic():
-        transition(release, to=S.IMAGE_READY, allowed_from=[S.IMAGE_BUILDING], actor=None,
+        transition(release, to=ReleaseState.IMAGE_READY, allowed_from=[ReleaseState.IMAGE_BUILDING], actor=None,
                    action="release.image_ready", verb="marked image-ready",
                    fields={"image_repository": spec.repository, "image_tag": spec.tag, "image_id": built.image_id,
                            "image_digest": digest, "image_size": built.size,

@@ -226,7 +226,7 @@ def _environment(key: str, value: Any) -> dict[str, str]:
 
 
 # Every key something reads: batching, gpu_memory_fraction, xla, prefer_tflite (Endpoint.serving_profile,
-# images.ImageSpec), gpu, mounts, environment (container_promotion).
+# images.ImageSpec), gpu, mounts, environment (releases/deploy/docker_driver.py).
 PROFILE_SCHEMA = {
     "batching": _batching, "gpu_memory_fraction": _fraction, "xla": _bool, "prefer_tflite": _bool,
     "gpu": _bool, "mounts": _mounts, "environment": _environment,
@@ -243,3 +243,40 @@ def validate_profile(profile: Any) -> dict[str, Any]:
     if unknown:
         raise EndpointRefused(f"profile.{unknown[0]}", f"unknown key (known: {', '.join(PROFILE_SCHEMA)})")
     return {key: PROFILE_SCHEMA[key](key, value) for key, value in profile.items()}
+
+
+# --- per kind: the fields each kind needs, checked now ------------------------------------------------
+
+def _repository_fields(endpoint: Any) -> dict[str, Any]:
+    """A model_repository endpoint: a gRPC address and a repository under a serving root."""
+    from releases.models import Endpoint
+
+    if not endpoint.grpc_target:
+        raise EndpointRefused("grpc_target", "a model_repository endpoint needs the server's gRPC address")
+    if endpoint.docker_host:
+        raise EndpointRefused("docker_host", "only docker endpoints have a Docker host")
+    others = Endpoint.objects.filter(kind=endpoint.kind).exclude(pk=endpoint.pk)
+    base, config = validate_repository(endpoint.repository_path, endpoint.config_path,
+                                       other_repositories=others.values_list("repository_path", flat=True))
+    return {"repository_path": base, "config_path": config}
+
+
+def _docker_fields(endpoint: Any) -> dict[str, Any]:
+    """A docker endpoint: a port base for its containers and an allowed engine."""
+    if not endpoint.grpc_port_base:
+        raise EndpointRefused("grpc_port_base", "a docker endpoint needs it (containers use base/base+1 and "
+                                                "base+2/base+3)")
+    if endpoint.repository_path or endpoint.config_path:
+        raise EndpointRefused("repository_path", "only model_repository endpoints have a repository")
+    return {"docker_host": validate_docker_host(endpoint.docker_host)}
+
+
+# A kind missing here has no fields beyond the common ones (name, gRPC target, profile).
+KIND_FIELDS = {"model_repository": _repository_fields, "docker": _docker_fields}
+
+
+def checked_fields(endpoint: Any) -> dict[str, Any]:
+    """The endpoint's kind-specific fields, resolved and checked against the operator's policy
+    (again at every use: the settings may have changed since it was registered)."""
+    check = KIND_FIELDS.get(endpoint.kind)
+    return check(endpoint) if check is not None else {}

@@ -9,8 +9,10 @@ from typing import Any
 
 from optimization.models import VersionMetrics
 from registry.models import Dataset, ModelVersion
+from releases.deploy import signatures
 from releases.models import Environment, Release, ReleasePolicy
 
+SIGNATURE_GATE = "signature_compatible"
 GATE_FIELDS = ("max_accuracy_drop", "max_p95_latency_ms", "min_size_reduction", "required_datasets")
 
 
@@ -109,6 +111,39 @@ def datasets_gate(version: ModelVersion, roles: list[str]) -> dict[str, Any]:
                    "all required datasets present" if ok else f"missing: {', '.join(missing)}")
 
 
+def live_version(version: ModelVersion, environment: Environment) -> ModelVersion | None:
+    live = (Release.objects.filter(environment=environment, version__model=version.model,
+                                   state__in=[Release.State.LIVE, Release.State.CANARY]).exclude(version=version)
+            .select_related("version").order_by("-updated_at").first())
+    return live.version if live else None
+
+
+def signature_gate(version: ModelVersion, live: ModelVersion) -> dict[str, Any]:
+    """Clients of the live version keep working: same input names and dtypes, compatible shapes,
+    every output they read. ``value``: the differences, each spelled out."""
+    old, new = live.signature or {}, version.signature or {}
+    changes = signatures.differences(
+        signatures.from_document(old.get("inputs", [])), signatures.from_document(old.get("outputs", [])),
+        signatures.from_document(new.get("inputs", [])), signatures.from_document(new.get("outputs", [])),
+        old_name=f"live v{live.number}")
+    if not changes:
+        return _result(SIGNATURE_GATE, True, f"v{live.number}", [],
+                       f"serving signature compatible with live v{live.number}")
+    return _result(SIGNATURE_GATE, False, f"v{live.number}", changes,
+                   f"serving signature breaks clients of live v{live.number}: {'; '.join(changes)}")
+
+
+def approved_signature_change(release: Release) -> list[str]:
+    """The signature differences an approver accepted with an override reason ([] if none): the
+    promotion reports them instead of refusing, and the release warns its clients."""
+    if not release.override_reason:
+        return []
+    for gate in release.gates or []:
+        if gate.get("gate") == SIGNATURE_GATE and not gate.get("passed"):
+            return list(gate.get("value") or [])
+    return []
+
+
 def evaluate(version: ModelVersion, environment: Environment) -> tuple[list[dict[str, Any]], bool, ModelVersion | None]:
     policy = effective_policy(version, environment)
     baseline = baseline_for(version, environment)
@@ -121,4 +156,7 @@ def evaluate(version: ModelVersion, environment: Environment) -> tuple[list[dict
         results.append(latency_gate(version, float(policy["max_p95_latency_ms"])))
     if policy["min_size_reduction"] is not None:
         results.append(size_gate(version, float(policy["min_size_reduction"])))
+    live = live_version(version, environment)
+    if live is not None:  # nothing to break before a first release
+        results.append(signature_gate(version, live))
     return results, all(r["passed"] for r in results), baseline

@@ -197,6 +197,8 @@ class Promotion(models.Model):
     release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="promotions")
     endpoint = models.ForeignKey(Endpoint, on_delete=models.PROTECT, related_name="promotions")
     canary = models.BooleanField(default=False)
+    canary_weight = models.PositiveSmallIntegerField(
+        default=10, help_text="A canary's share of traffic (%) on endpoints that split by weight (docker).")
     state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED)
     previous_version = models.PositiveIntegerField(null=True, blank=True)
     steps = models.JSONField(default=list, blank=True)

@@ -1,8 +1,10 @@
 """Promotion of releases to serving endpoints, rollback, canary completion, endpoint health.
 
-The protocol work lives in ``promotion_engine`` (model repositories) and ``containers`` (Docker
-endpoints); this module is the Django side: which endpoints, which samples, state changes and
-audit events. Every step the engine reports is stored on the Promotion and in the audit log.
+The workflow: which endpoints, which samples, state changes and audit events. What happens on an
+endpoint is its driver's (``releases.deploy``, one per kind, Django-free): this module builds the
+endpoint's ``EndpointSpec`` (after the operator's policy checks, ``endpoints.checked_fields``),
+calls the driver and stores what it reports. Every step a driver reports is stored on the
+Promotion and in the audit log.
 """
 from __future__ import annotations
 
@@ -21,13 +23,16 @@ from optimization.models import VersionMetrics
 from registry import audit, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import ModelVersion
-from releases import endpoints, promotion_engine as engine
+from releases import deploy, endpoints, gates
+from releases.deploy.repository_engine import PromotionFailed
 from releases.models import Endpoint, Promotion, Release
-from releases.services import S, Forbidden, InvalidTransition, transition, release_fail
+from releases.services import Forbidden, InvalidTransition, transition, release_fail
 from releases.tfserving import TFServingClient, TFServingError
 
 log = logging.getLogger(__name__)
-P = Promotion.State
+DEFAULT_CANARY_WEIGHT = 10
+ReleaseState = Release.State
+PromotionState = Promotion.State
 
 
 # --- which endpoints, which samples ----------------------------------------------------------
@@ -79,16 +84,31 @@ def samples_for(version: ModelVersion, model_path: Path) -> dict[str, Any]:
     return harness.sample_io(load_predictor(model_path, version.format), registry.dataset_arrays(dataset)["x"])
 
 
-def repository_endpoint(endpoint: Endpoint) -> engine.RepositoryEndpoint:
-    """The engine's view of a model_repository endpoint, its paths checked against the operator's
-    policy now (the settings may have changed since it was registered, or the row predates them)."""
-    base, config = _checked_paths(endpoint)
-    return engine.RepositoryEndpoint(base_dir=base, config_path=config, client=client_for(endpoint))
+def route_path(endpoint_name: str) -> Path:
+    """Where a routed endpoint's route file is (``releases.router`` follows it)."""
+    return Path(settings.ROUTES_DIR) / f"{endpoint_name}.json"
 
 
-def client_for(endpoint: Endpoint) -> TFServingClient:
-    return TFServingClient(endpoint.grpc_target, rest_url=endpoint.rest_url or None,
-                           timeout=settings.PROMOTION_RPC_TIMEOUT)
+def endpoint_spec(endpoint: Endpoint) -> deploy.EndpointSpec:
+    """The driver's view of an endpoint, its kind's fields checked against the operator's policy
+    now (the settings may have changed since it was registered, or the row predates them)."""
+    checked = endpoints.checked_fields(endpoint)
+    fields: dict[str, Any] = {
+        "name": endpoint.name, "kind": endpoint.kind, "grpc_target": endpoint.grpc_target,
+        "rest_url": endpoint.rest_url, "docker_host": endpoint.docker_host, "grpc_port_base": endpoint.grpc_port_base,
+        "profile": {**endpoint.serving_profile(), **endpoints.validate_profile(endpoint.profile)},
+        "active_container_id": endpoint.active_container_id, "previous_container_id": endpoint.previous_container_id,
+        "route_file": route_path(endpoint.name), "lock_dir": Path(settings.VAR_DIR) / "locks",
+        "deadline_s": settings.PROMOTION_DEADLINE, "rpc_timeout_s": settings.PROMOTION_RPC_TIMEOUT,
+        "docker_timeout_s": settings.DOCKER_TIMEOUT}
+    fields.update(checked)
+    if not fields["docker_host"]:
+        fields["docker_host"] = settings.DOCKER_HOST or ""
+    return deploy.EndpointSpec(**fields)
+
+
+def driver(endpoint: Endpoint) -> deploy.EndpointDriver:
+    return deploy.driver_for(endpoint_spec(endpoint))
 
 
 # --- register and change endpoints (operators) --------------------------------------------------
@@ -105,32 +125,13 @@ def require_operator(actor: AbstractBaseUser | None) -> None:
                         "releases.operate_endpoints permission.")
 
 
-def _checked_paths(endpoint: Endpoint) -> tuple[Path, Path]:
-    others = Endpoint.objects.filter(kind=Endpoint.Kind.MODEL_REPOSITORY).exclude(pk=endpoint.pk)
-    return endpoints.validate_repository(endpoint.repository_path, endpoint.config_path,
-                                         other_repositories=others.values_list("repository_path", flat=True))
-
-
 def validate_endpoint(endpoint: Endpoint) -> None:
     """Check every field of an unsaved endpoint against the model and the operator's policy;
     store the resolved paths (what promotion will use)."""
     from django.core.exceptions import ValidationError
 
-    refused = endpoints.EndpointRefused
-    if endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY:
-        if not endpoint.grpc_target:
-            raise refused("grpc_target", "a model_repository endpoint needs the server's gRPC address")
-        if endpoint.docker_host:
-            raise refused("docker_host", "only docker endpoints have a Docker host")
-        base, config = _checked_paths(endpoint)
-        endpoint.repository_path, endpoint.config_path = str(base), str(config)
-    else:
-        if not endpoint.grpc_port_base:
-            raise refused("grpc_port_base", "a docker endpoint needs it (containers use base/base+1 and "
-                                            "base+2/base+3)")
-        if endpoint.repository_path or endpoint.config_path:
-            raise refused("repository_path", "only model_repository endpoints have a repository")
-        endpoint.docker_host = endpoints.validate_docker_host(endpoint.docker_host)
+    for field, value in endpoints.checked_fields(endpoint).items():
+        setattr(endpoint, field, str(value) if isinstance(value, Path) else value)
     endpoint.profile = endpoints.validate_profile(endpoint.profile)
     try:
         endpoint.full_clean(exclude=["reachable"])  # unknown until the first health check
@@ -196,41 +197,55 @@ def _audit_view(endpoint: Endpoint) -> dict[str, Any]:
 
 @transaction.atomic
 def release_promote_request(*, release: Release, actor: AbstractBaseUser | None, endpoint: Endpoint | None = None,
-                            canary: bool = False) -> Release:
-    """Queue the promotion of an image-ready release (or retry a failed promotion)."""
+                            canary: bool = False, weight: int = DEFAULT_CANARY_WEIGHT) -> Release:
+    """Queue the promotion of an image-ready release (or retry a failed promotion). ``weight``: the
+    share of traffic (%) a canary gets on endpoints that split by weight."""
     release.refresh_from_db()
-    if release.state == S.FAILED and not release.failure_step.startswith("promote"):
+    if release.state == ReleaseState.FAILED and not release.failure_step.startswith("promote"):
         raise InvalidTransition(f"Release {release.pk} failed at {release.failure_step or 'an earlier step'}; "
                                 "only a failed promotion can be retried.", details={"state": release.state})
+    if not 1 <= weight <= 100:
+        raise RegistryError(f"weight must be between 1 and 100 (%), got {weight}.", code="validation_error")
     endpoints = target_endpoints(release, endpoint)
-    allowed = [S.IMAGE_READY, S.FAILED]
-    if not release.environment.build_image:  # no image: model_repository endpoints take the SavedModel
-        allowed.append(S.APPROVED)
-        docker = [e.name for e in endpoints if e.kind == Endpoint.Kind.DOCKER]
-        if docker:
-            raise Conflict(f"Endpoints {docker} run containers, but {release.environment.name} builds no images.",
-                           code="no_image")
-    release = transition(release, to=S.PROMOTING, allowed_from=allowed, actor=actor,
-                    action="release.promote_requested", verb="promoted",
-                    fields={"failure_step": "", "failure_reason": "", "retryable": False},
-                    after={"endpoints": [e.name for e in endpoints], "canary": canary})
+    allowed = [ReleaseState.IMAGE_READY, ReleaseState.FAILED]
+    if not release.environment.build_image:  # no image: only endpoints that take the SavedModel
+        allowed.append(ReleaseState.APPROVED)
+        need_image = [e.name for e in endpoints if deploy.driver_class(e.kind).needs_image]
+        if need_image:
+            raise Conflict(f"Endpoints {need_image} run containers, but {release.environment.name} builds no "
+                           "images.", code="no_image")
+    release = transition(release, to=ReleaseState.PROMOTING, allowed_from=allowed, actor=actor,
+                         action="release.promote_requested", verb="promoted",
+                         fields={"failure_step": "", "failure_reason": "", "retryable": False},
+                         after={"endpoints": [e.name for e in endpoints], "canary": canary,
+                                **({"weight": weight} if canary else {})})
     for target in endpoints:
-        Promotion.objects.create(release=release, endpoint=target, canary=canary)
+        Promotion.objects.create(release=release, endpoint=target, canary=canary, canary_weight=weight)
     from releases.tasks import promote_release
 
     transaction.on_commit(lambda: promote_release.enqueue(release.pk))
     return release
 
 
+def release_promote(*, release: Release, actor: AbstractBaseUser | None, endpoint: str = "", canary: bool = False,
+                    weight: int = DEFAULT_CANARY_WEIGHT) -> Release:
+    """``release_promote_request`` with the endpoint by name ("" = every endpoint of the
+    environment): what the API and the console call with the promote form's fields."""
+    target = get_endpoint(endpoint) if endpoint else None
+    return release_promote_request(release=release, actor=actor, endpoint=target, canary=canary, weight=weight)
+
+
 def release_promote_run(*, release_id: int) -> None:
     """Run the queued promotions of a release, one endpoint after another (each under its lock)."""
     release = Release.objects.select_related("version__model", "environment").get(pk=release_id)
-    if release.state != S.PROMOTING:
+    if release.state != ReleaseState.PROMOTING:
         return
     canary = False
-    for promotion in Promotion.objects.filter(release=release, state=P.QUEUED).select_related("endpoint"):
+    queued = Promotion.objects.filter(release=release, state=PromotionState.QUEUED).select_related("endpoint")
+    for promotion in queued:
         canary = canary or promotion.canary
-        if not Promotion.objects.filter(pk=promotion.pk, state=P.QUEUED).update(state=P.RUNNING):
+        if not Promotion.objects.filter(pk=promotion.pk, state=PromotionState.QUEUED).update(
+                state=PromotionState.RUNNING):
             continue  # another worker took it
         try:
             _promote_one(release, promotion)
@@ -239,23 +254,32 @@ def release_promote_run(*, release_id: int) -> None:
                 log.exception("promotion of release %s to %s failed", release.pk, promotion.endpoint.name)
             step = getattr(exc, "step", "prepare")
             reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            _finish(promotion, P.FAILED, error=f"{step}: {reason}")
+            _finish(promotion, PromotionState.FAILED, error=f"{step}: {reason}")
             release_fail(release, step=f"promote:{promotion.endpoint.name}:{step}", reason=reason,
-                         retryable=isinstance(exc, (TFServingError, OSError)), allowed_from=[S.PROMOTING])
+                         retryable=_retryable(exc), allowed_from=[ReleaseState.PROMOTING])
             check_endpoint_health(promotion.endpoint)
             return
         check_endpoint_health(promotion.endpoint)
     with transaction.atomic():
         if not canary:
             _supersede_previous(release)
-        transition(release, to=S.CANARY if canary else S.LIVE, allowed_from=[S.PROMOTING], actor=None,
-              action="release.canary" if canary else "release.live",
-              verb="made live", after={"endpoints": list(release.promotions.values_list("endpoint__name", flat=True))})
+        transition(release, to=ReleaseState.CANARY if canary else ReleaseState.LIVE,
+                   allowed_from=[ReleaseState.PROMOTING], actor=None,
+                   action="release.canary" if canary else "release.live", verb="made live",
+                   after={"endpoints": list(release.promotions.values_list("endpoint__name", flat=True))})
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A server or engine that may answer later, not a refusal that needs a change."""
+    if isinstance(exc, PromotionFailed) and isinstance(exc.__cause__, ValueError):
+        return False
+    return isinstance(exc, (TFServingError, OSError))
 
 
 def _supersede_previous(release: Release) -> None:
     Release.objects.filter(environment=release.environment, version__model=release.version.model,
-                           state__in=[S.LIVE, S.CANARY]).exclude(pk=release.pk).update(state=S.SUPERSEDED)
+                           state__in=[ReleaseState.LIVE, ReleaseState.CANARY]).exclude(pk=release.pk).update(
+        state=ReleaseState.SUPERSEDED)
 
 
 def _record_step(promotion: Promotion, step: str, message: str) -> None:
@@ -273,29 +297,27 @@ def _finish(promotion: Promotion, state: str, *, error: str = "", previous: int 
                                                      previous_version=previous)
 
 
+def _apply(endpoint: Endpoint, outcome: deploy.Outcome) -> None:
+    """Mirror on the endpoint row what the driver changed (e.g. a docker endpoint's active container)."""
+    if outcome.endpoint_changes:
+        Endpoint.objects.filter(pk=endpoint.pk).update(**outcome.endpoint_changes)
+
+
 def _promote_one(release: Release, promotion: Promotion) -> None:
     version = release.version
-    # A model repository's paths are checked again before anything is unpacked or written.
-    repository = (None if promotion.endpoint.kind == Endpoint.Kind.DOCKER
-                  else repository_endpoint(promotion.endpoint))
+    target = driver(promotion.endpoint)  # the endpoint's paths and hosts are checked again first
     workdir = Path(tempfile.mkdtemp(prefix=f"promote-{release.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
     try:
         _record_step(promotion, "verify", f"verifying sha256 {version.artifact_sha256[:12]}… of v{version.number}")
         model_path = registry.version_unpack(version, workdir / "model")  # refuses a tampered artifact
-        samples = samples_for(version, model_path)
-        if repository is None:
-            from releases import container_promotion
-
-            previous = container_promotion.promote(release, promotion, samples, lambda s, m: _record_step(
-                promotion, s, m))
-        else:
-            result = engine.promote(
-                repository, model_name=version.model.name, version=version.number,
-                saved_model_src=model_path, samples=samples, tolerance=tolerance_for(version),
-                canary_only=promotion.canary, on_step=lambda s, m: _record_step(promotion, s, m),
-                deadline_s=settings.PROMOTION_DEADLINE)
-            previous = result.previous_version
-        _finish(promotion, P.SUCCEEDED, previous=previous)
+        outcome = target.promote(
+            version.model.name, version.number, model_path, samples_for(version, model_path), promotion.canary,
+            lambda s, m: _record_step(promotion, s, m), tolerance=tolerance_for(version),
+            image_ref=release.image_ref if release.image_digest else "", release_id=release.pk,
+            weight=promotion.canary_weight if promotion.canary else 100,
+            accept_signature_change=bool(gates.approved_signature_change(release)))
+        _apply(promotion.endpoint, outcome)
+        _finish(promotion, PromotionState.SUCCEEDED, previous=outcome.previous_version)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -303,29 +325,28 @@ def _promote_one(release: Release, promotion: Promotion) -> None:
 # --- complete a canary, roll back -------------------------------------------------------------
 
 def release_complete(*, release: Release, actor: AbstractBaseUser) -> Release:
-    """Move `stable` to a canary release on every endpoint it is canary on."""
+    """All traffic to a canary release on every endpoint it is canary on."""
     release.refresh_from_db()
-    if release.state != S.CANARY:
+    if release.state != ReleaseState.CANARY:
         raise InvalidTransition(f"Release {release.pk} is {release.state}; only a canary can be completed.",
                                 details={"state": release.state})
-    for promotion in release.promotions.filter(state=P.SUCCEEDED, canary=True).select_related("endpoint"):
-        if promotion.endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY:
-            engine.complete_canary(repository_endpoint(promotion.endpoint), release.version.model.name)
+    for promotion in release.promotions.filter(state=PromotionState.SUCCEEDED, canary=True).select_related("endpoint"):
+        _apply(promotion.endpoint, driver(promotion.endpoint).complete_canary(release.version.model.name))
         check_endpoint_health(promotion.endpoint)
     with transaction.atomic():
         _supersede_previous(release)
-        return transition(release, to=S.LIVE, allowed_from=[S.CANARY], actor=actor, action="release.complete",
-                     verb="completed")
+        return transition(release, to=ReleaseState.LIVE, allowed_from=[ReleaseState.CANARY], actor=actor,
+                          action="release.complete", verb="completed")
 
 
 def release_rollback(*, release: Release, actor: AbstractBaseUser, comment: str = "") -> Release:
-    """Move `stable` back to the version that served before this release (a label flip while
-    that version is still loaded; re-staged from the registry otherwise)."""
+    """All traffic back to the version that served before this release (a label or route flip
+    while that version is still there; staged again from the registry otherwise)."""
     release.refresh_from_db()
-    if release.state not in (S.LIVE, S.CANARY):
+    if release.state not in (ReleaseState.LIVE, ReleaseState.CANARY):
         raise InvalidTransition(f"Release {release.pk} is {release.state}; only a live or canary release can be "
                                 "rolled back.", details={"state": release.state})
-    promotions = list(release.promotions.filter(state=P.SUCCEEDED).select_related("endpoint"))
+    promotions = list(release.promotions.filter(state=PromotionState.SUCCEEDED).select_related("endpoint"))
     for promotion in promotions:
         if promotion.previous_version is None:
             raise Conflict(f"Nothing served before release {release.pk} on {promotion.endpoint.name}: there is "
@@ -336,32 +357,27 @@ def release_rollback(*, release: Release, actor: AbstractBaseUser, comment: str 
     with transaction.atomic():
         previous_numbers = {p.previous_version for p in promotions}
         Release.objects.filter(environment=release.environment, version__model=release.version.model,
-                               version__number__in=previous_numbers, state=S.SUPERSEDED).update(state=S.LIVE)
-        Promotion.objects.filter(pk__in=[p.pk for p in promotions]).update(state=P.ROLLED_BACK)
-        return transition(release, to=S.ROLLED_BACK, allowed_from=[S.LIVE, S.CANARY], actor=actor,
-                     action="release.rollback", verb="rolled back", comment=comment,
-                     after={"to_versions": sorted(previous_numbers)})
+                               version__number__in=previous_numbers, state=ReleaseState.SUPERSEDED).update(
+            state=ReleaseState.LIVE)
+        Promotion.objects.filter(pk__in=[p.pk for p in promotions]).update(state=PromotionState.ROLLED_BACK)
+        return transition(release, to=ReleaseState.ROLLED_BACK, allowed_from=[ReleaseState.LIVE, ReleaseState.CANARY],
+                          actor=actor, action="release.rollback", verb="rolled back", comment=comment,
+                          after={"to_versions": sorted(previous_numbers)})
 
 
 def _rollback_one(release: Release, promotion: Promotion) -> None:
     model_name = release.version.model.name
-    if promotion.endpoint.kind == Endpoint.Kind.DOCKER:
-        from releases import container_promotion
-
-        container_promotion.rollback(promotion)
-        return
-    target = repository_endpoint(promotion.endpoint)
+    target = driver(promotion.endpoint)
     try:
-        engine.rollback(target, model_name=model_name, to_version=promotion.previous_version)
-    except engine.VersionNotLoaded:
+        _apply(promotion.endpoint, target.rollback(model_name, promotion.previous_version))
+    except deploy.NeedsRestage:
         # Retired since: stage it again from the registry (identical bytes, same number) and promote it.
         previous = ModelVersion.objects.get(model=release.version.model, number=promotion.previous_version)
         workdir = Path(tempfile.mkdtemp(prefix=f"rollback-{release.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
         try:
             path = registry.version_unpack(previous, workdir / "model")
-            engine.promote(target, model_name=model_name, version=previous.number, saved_model_src=path,
-                           samples=samples_for(previous, path), tolerance=tolerance_for(previous),
-                           deadline_s=settings.PROMOTION_DEADLINE)
+            _apply(promotion.endpoint, target.promote(model_name, previous.number, path, samples_for(previous, path),
+                                                      False, None, tolerance=tolerance_for(previous)))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -369,55 +385,24 @@ def _rollback_one(release: Release, promotion: Promotion) -> None:
 # --- health ----------------------------------------------------------------------------------
 
 def check_endpoint_health(endpoint: Endpoint) -> Endpoint:
-    """Record whether the endpoint answers and which version each label serves, per model, and
-    (model repositories) which entries of each model's directory Modelyard did not write.
-
-    ``health_error`` never quotes a file: the config is "unreadable" or "invalid", nothing more.
-    """
-    client = client_for(endpoint)
-    health: dict[str, Any] = {}
-    error = ""
-    reachable = client.reachable()
-    if reachable and endpoint.kind == Endpoint.Kind.MODEL_REPOSITORY and endpoint.repository_path:
-        try:
-            health = _repository_health(repository_endpoint(endpoint), client)
-        except endpoints.EndpointRefused as exc:
-            error = f"not allowed by the operator's policy: {exc.message}"
-        except engine.ConfigUnreadable:
-            error = "config unreadable"
-        except engine.ConfigError:
-            error = "config invalid"
-        except TFServingError as exc:
-            error = str(exc)
-        except OSError as exc:
-            error = f"repository unreadable ({type(exc).__name__})"
-    elif not reachable:
-        error = f"{endpoint.grpc_target} does not answer"
+    """Record whether the endpoint answers and what it serves (the driver's ``health``).
+    ``health_error`` never quotes a file."""
+    try:
+        health = driver(endpoint).health()
+    except endpoints.EndpointRefused as exc:
+        with TFServingClient(endpoint.grpc_target, timeout=settings.PROMOTION_RPC_TIMEOUT) as client:
+            reachable = client.reachable()
+        health = deploy.Health(reachable, error=f"not allowed by the operator's policy: {exc.message}" if reachable
+                               else f"{endpoint.grpc_target} does not answer")
     was_healthy = endpoint.reachable is not False and not endpoint.health_error
     with transaction.atomic():
-        Endpoint.objects.filter(pk=endpoint.pk).update(reachable=reachable, health=health, health_error=error,
-                                                       health_checked_at=timezone.now())
-        if was_healthy and error:  # a change, not every failed check: webhooks send `endpoint.unhealthy` once
+        Endpoint.objects.filter(pk=endpoint.pk).update(reachable=health.reachable, health=health.models,
+                                                       health_error=health.error, health_checked_at=timezone.now())
+        if was_healthy and health.error:  # a change, not every failed check: webhooks send `endpoint.unhealthy` once
             audit.record(actor=None, action="endpoint.unhealthy", obj=endpoint, before={"reachable": endpoint.reachable},
-                         after={"reachable": reachable, "error": error[:500]})
+                         after={"reachable": health.reachable, "error": health.error[:500]})
     endpoint.refresh_from_db()
     return endpoint
-
-
-def _repository_health(target: engine.RepositoryEndpoint, client: TFServingClient) -> dict[str, Any]:
-    health: dict[str, Any] = {}
-    for entry in engine.read_config(target.config_path).model_config_list.config:
-        states = client.model_status(entry.name)
-        try:
-            unmanaged = list(engine.unmanaged_entries(target.model_dir(entry.name), entry.name))
-        except (ValueError, engine.StagingError):
-            unmanaged = [entry.name]  # the model's directory itself is not one Modelyard may use
-        health[entry.name] = {
-            "labels": dict(entry.version_labels),
-            "versions": {str(v): state for v, (state, _err) in sorted(states.items())},
-            "unmanaged": unmanaged,
-        }
-    return health
 
 
 def check_all_endpoints() -> int:

@@ -10,6 +10,11 @@ goes to the new container; RPCs already in flight finish where they started, so 
 error across the switch. Optionally it also forwards TF Serving's REST API, request by request,
 to the route's ``rest_url``.
 
+A canary route (``{"grpc_target": stable..., "canary": {"grpc_target": ..., "rest_url": ...,
+"weight": 10}}``) sends ``weight`` % of requests, gRPC and REST counted together, to the canary
+backend and the rest to the stable one. The split is deterministic (request n goes to the canary
+when floor(n * weight / 100) grows), so 10 % means one request in ten, not "about" one.
+
 Django-free. Run it with ``python manage.py route_endpoint <endpoint> --listen HOST:PORT`` (the
 file is ``$MODELYARD_ROUTES_DIR/<endpoint>.json``), or ``python -m releases.router --listen
 HOST:PORT --target-file PATH``.
@@ -32,13 +37,13 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from releases.deploy.durable import write_text_atomically
+
 log = logging.getLogger(__name__)
 
 
 def write_route(path: Path, *, grpc_target: str, **details: Any) -> None:
     """Point the router at ``grpc_target`` (atomic: a router reads the old file or the new one)."""
-    from releases.promotion_engine import write_text_atomically
-
     write_text_atomically(Path(path), json.dumps({"grpc_target": grpc_target, **details}, sort_keys=True))
 
 
@@ -51,6 +56,7 @@ class RouteFile:
         self._key: tuple[int, int, int] | None = None
         self._route: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._requests = 0  # counted for the canary split
 
     def route(self) -> dict[str, Any] | None:
         try:
@@ -70,13 +76,28 @@ class RouteFile:
                 self._route, self._key = route, key
             return self._route
 
-    def target(self) -> str | None:
+    def choose(self) -> dict[str, Any] | None:
+        """The backend for the next request: the canary's every time its share grows, else the
+        stable one (the route itself)."""
         route = self.route()
-        return str(route["grpc_target"]) if route else None
+        if not route:
+            return None
+        canary = route.get("canary")
+        if not isinstance(canary, dict) or not isinstance(canary.get("grpc_target"), str):
+            return route
+        weight = min(max(int(canary.get("weight") or 0), 0), 100)
+        with self._lock:
+            self._requests += 1
+            n = self._requests
+        return canary if (n * weight) // 100 > ((n - 1) * weight) // 100 else route
+
+    def target(self) -> str | None:
+        backend = self.choose()
+        return str(backend["grpc_target"]) if backend else None
 
     def rest_url(self) -> str | None:
-        route = self.route()
-        return str(route["rest_url"]) if route and route.get("rest_url") else None
+        backend = self.choose()
+        return str(backend["rest_url"]) if backend and backend.get("rest_url") else None
 
 
 class Router(grpc.GenericRpcHandler):

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from registry.models import AuditEvent
 from registry.serializers import AuditEventOutput
-from releases.container_promotion import route_path
+from releases.promotion import route_path
 from releases.models import Approval, Environment, Release
 
 
@@ -51,12 +51,23 @@ class ReleaseOutput(serializers.ModelSerializer):
     baseline = serializers.IntegerField(source="baseline.number", allow_null=True, default=None)
     image = serializers.SerializerMethodField()
     failure = serializers.SerializerMethodField()
+    warnings = serializers.SerializerMethodField()
 
     class Meta:
         model = Release
         fields = ["id", "model", "version", "environment", "notes", "requester", "state", "gates", "gates_passed",
-                  "baseline", "override_reason", "image", "failure", "created_at", "updated_at", "submitted_at",
-                  "decided_at"]
+                  "baseline", "override_reason", "image", "failure", "warnings", "created_at", "updated_at",
+                  "submitted_at", "decided_at"]
+
+    def get_warnings(self, release: Release) -> list[str]:
+        """What clients must know: a serving-signature change approved over the gate."""
+        from releases.gates import approved_signature_change
+
+        changes = approved_signature_change(release)
+        if not changes:
+            return []
+        return [f"This release changes the serving signature (approved: {release.override_reason}); clients of "
+                f"the previous version must adapt: {'; '.join(changes)}"]
 
     def get_image(self, release: Release) -> dict[str, Any] | None:
         if not (release.image_id or release.image_digest):
@@ -93,6 +104,9 @@ class PromoteInput(serializers.Serializer):
     endpoint = serializers.CharField(required=False, allow_blank=True, default="",
                                      help_text="One endpoint; default: every endpoint of the release's environment.")
     canary = serializers.BooleanField(default=False, help_text="Only label the new version `canary`.")
+    weight = serializers.IntegerField(default=10, min_value=1, max_value=100,
+                                      help_text="A canary's share of traffic (%) where the endpoint splits by "
+                                                "weight (docker endpoints; model repositories use the label).")
 
 
 class EndpointInput(serializers.Serializer):
@@ -111,6 +125,7 @@ class EndpointInput(serializers.Serializer):
 class PromotionOutput(serializers.Serializer):
     endpoint = serializers.CharField(source="endpoint.name")
     canary = serializers.BooleanField()
+    canary_weight = serializers.IntegerField()
     state = serializers.CharField()
     previous_version = serializers.IntegerField(allow_null=True)
     steps = serializers.JSONField()

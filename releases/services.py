@@ -21,7 +21,7 @@ from releases import gates
 from releases.models import Approval, Environment, Release
 
 log = logging.getLogger(__name__)
-S = Release.State
+ReleaseState = Release.State
 
 
 class InvalidTransition(Conflict):
@@ -92,7 +92,7 @@ def release_create(*, version: ModelVersion, environment: Environment, requester
     check_servable(version, environment)
     release = Release.objects.create(version=version, environment=environment, requester=requester, notes=notes)
     audit.record(actor=requester, action="release.create", obj=release, model=version.model, version=version,
-                 after={"state": S.DRAFT, "environment": environment.name}, comment=notes)
+                 after={"state": ReleaseState.DRAFT, "environment": environment.name}, comment=notes)
     return release
 
 
@@ -100,7 +100,7 @@ def release_create(*, version: ModelVersion, environment: Environment, requester
 def release_submit(*, release: Release, actor: AbstractBaseUser) -> Release:
     """Evaluate the gates and ask for approval (or approve at once where the environment allows)."""
     results, passed, baseline = gates.evaluate(release.version, release.environment)
-    release = transition(release, to=S.PENDING_APPROVAL, allowed_from=[S.DRAFT], actor=actor, action="release.submit",
+    release = transition(release, to=ReleaseState.PENDING_APPROVAL, allowed_from=[ReleaseState.DRAFT], actor=actor, action="release.submit",
                     verb="submitted", fields={"gates": results, "gates_passed": passed, "baseline": baseline,
                                               "submitted_at": timezone.now()},
                     after={"gates_passed": passed, "gates": results})
@@ -129,7 +129,7 @@ def _check_approver(release: Release, actor: AbstractBaseUser) -> None:
 
 
 def _approve(release: Release, *, actor: AbstractBaseUser | None, comment: str, override_reason: str = "") -> Release:
-    release = transition(release, to=S.APPROVED, allowed_from=[S.PENDING_APPROVAL], actor=actor,
+    release = transition(release, to=ReleaseState.APPROVED, allowed_from=[ReleaseState.PENDING_APPROVAL], actor=actor,
                     action="release.approve", verb="approved", comment=comment,
                     fields={"decided_at": timezone.now(), "override_reason": override_reason},
                     after={"override_reason": override_reason} if override_reason else None)
@@ -165,7 +165,7 @@ def release_reject(*, release: Release, actor: AbstractBaseUser, comment: str) -
     _check_approver(release, actor)
     if not comment.strip():
         raise RegistryError("A rejection needs a comment saying why.", code="validation_error")
-    release = transition(release, to=S.REJECTED, allowed_from=[S.PENDING_APPROVAL], actor=actor,
+    release = transition(release, to=ReleaseState.REJECTED, allowed_from=[ReleaseState.PENDING_APPROVAL], actor=actor,
                     action="release.reject", verb="rejected", comment=comment,
                     fields={"decided_at": timezone.now()})
     Approval.objects.create(release=release, actor=actor, decision=Approval.Decision.REJECT, comment=comment)
@@ -174,8 +174,8 @@ def release_reject(*, release: Release, actor: AbstractBaseUser, comment: str) -
 
 @transaction.atomic
 def release_cancel(*, release: Release, actor: AbstractBaseUser, comment: str = "") -> Release:
-    return transition(release, to=S.CANCELLED,
-                 allowed_from=[S.DRAFT, S.PENDING_APPROVAL, S.APPROVED, S.IMAGE_READY, S.FAILED], actor=actor,
+    return transition(release, to=ReleaseState.CANCELLED,
+                 allowed_from=[ReleaseState.DRAFT, ReleaseState.PENDING_APPROVAL, ReleaseState.APPROVED, ReleaseState.IMAGE_READY, ReleaseState.FAILED], actor=actor,
                  action="release.cancel", verb="cancelled", comment=comment)
 
 
@@ -185,10 +185,10 @@ def release_cancel(*, release: Release, actor: AbstractBaseUser, comment: str = 
 def release_build_request(*, release: Release, actor: AbstractBaseUser) -> Release:
     """(Re)queue the image build: after approval, or to retry a failed build."""
     release.refresh_from_db()
-    if release.state == S.FAILED and release.failure_step != "build":
+    if release.state == ReleaseState.FAILED and release.failure_step != "build":
         raise InvalidTransition(f"Release {release.pk} failed at {release.failure_step or 'an earlier step'}, "
                                 "not at the build; it cannot be rebuilt.", details={"state": release.state})
-    release = transition(release, to=S.APPROVED, allowed_from=[S.APPROVED, S.FAILED], actor=actor,
+    release = transition(release, to=ReleaseState.APPROVED, allowed_from=[ReleaseState.APPROVED, ReleaseState.FAILED], actor=actor,
                     action="release.build_requested", verb="built",
                     fields={"failure_step": "", "failure_reason": "", "retryable": False})
     from releases.tasks import build_release_image
@@ -200,7 +200,7 @@ def release_build_request(*, release: Release, actor: AbstractBaseUser) -> Relea
 def release_fail(release: Release, *, step: str, reason: str, retryable: bool,
                  allowed_from: Iterable[str]) -> Release:
     with transaction.atomic():
-        return transition(release, to=S.FAILED, allowed_from=allowed_from, actor=None, action="release.fail",
+        return transition(release, to=ReleaseState.FAILED, allowed_from=allowed_from, actor=None, action="release.fail",
                      verb="failed", comment=reason[:2000],
                      fields={"failure_step": step, "failure_reason": reason, "retryable": retryable},
                      after={"step": step, "retryable": retryable})

@@ -54,7 +54,7 @@ def _append_only_guards(request):  # type: ignore[no-untyped-def]
     db_guards.uninstall(connection)
 
 
-def _user(django_user_model, username: str, perms: list[str], **extra):  # type: ignore[no-untyped-def]
+def make_user(django_user_model, username: str, perms: list[str], **extra):  # type: ignore[no-untyped-def]
     from django.contrib.auth.models import Permission
 
     user = django_user_model.objects.create_user(username=username, password=PASSWORD, **extra)
@@ -74,7 +74,7 @@ ENGINEER_PERMS = [
 @pytest.fixture
 def alice(django_user_model):  # type: ignore[no-untyped-def]
     """An ML engineer: may create models, upload versions and datasets, move aliases."""
-    return _user(django_user_model, "alice", ENGINEER_PERMS)
+    return make_user(django_user_model, "alice", ENGINEER_PERMS)
 
 
 OPERATOR_PERMS = ["releases.operate_endpoints", "releases.view_endpoint"]
@@ -84,7 +84,7 @@ OPERATOR_PERMS = ["releases.operate_endpoints", "releases.view_endpoint"]
 def olivia(django_user_model):  # type: ignore[no-untyped-def]
     """An operator: registers and changes serving endpoints (paths, Docker hosts, profiles); no
     release or engineering permissions."""
-    return _user(django_user_model, "olivia", OPERATOR_PERMS)
+    return make_user(django_user_model, "olivia", OPERATOR_PERMS)
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def operator_api(olivia):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def charlie(django_user_model):  # type: ignore[no-untyped-def]
     """Logged in, but with no write permission."""
-    return _user(django_user_model, "charlie", [])
+    return make_user(django_user_model, "charlie", [])
 
 
 @pytest.fixture
@@ -152,6 +152,12 @@ def upload(api, name: str, path: Path, **fields):  # type: ignore[no-untyped-def
     """POST a file as the multipart ``artifact`` field, like ``curl -F artifact=@file``."""
     with open(path, "rb") as fh:
         return api.post(f"/api/v1/models/{name}/versions/", {"artifact": fh, **fields}, format="multipart")
+
+
+def post_dataset(api, model: str, path: Path, **fields):  # type: ignore[no-untyped-def]
+    """POST a dataset file as the multipart ``file`` field."""
+    with open(path, "rb") as fh:
+        return api.post(f"/api/v1/models/{model}/datasets/", {"file": fh, **fields}, format="multipart")
 
 
 def files_under(root: Path) -> list[str]:

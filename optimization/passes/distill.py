@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import _common as c
+from . import common as c
 from .base import ModelHandle, Pass, PassContext, PassError
 
 WIDTH_KEYS = {  # layer class → the config entry that sets its width
@@ -23,7 +23,7 @@ WIDTH_KEYS = {  # layer class → the config entry that sets its width
 }
 
 
-def _rebuild(model: Any, config: dict) -> Any:
+def rebuild(model: Any, config: dict) -> Any:
     k = c.keras()
     cls = type(model)
     if isinstance(model, k.Sequential):
@@ -34,7 +34,7 @@ def _rebuild(model: Any, config: dict) -> Any:
                     "functional tf_keras models are supported")
 
 
-def _output_layer_names(model: Any) -> set[str]:
+def output_layer_names(model: Any) -> set[str]:
     return {t._keras_history.layer.name for t in model.outputs}  # noqa: SLF001
 
 
@@ -103,7 +103,7 @@ def logits_view(model: Any) -> tuple[Any, Callable[[], Any]]:
     for layer in _layer_configs(config):
         if layer["config"].get("name") == last_name:
             layer["config"]["activation"] = "linear"
-    logits = _rebuild(model, config)
+    logits = rebuild(model, config)
     logits.set_weights(model.get_weights())
 
     def finalize() -> Any:
@@ -152,7 +152,7 @@ class Distill(Pass):
             how = "uploaded student"
         else:
             teacher = source
-            student = _rebuild(source, scaled_config(source, params["width"]))
+            student = rebuild(source, scaled_config(source, params["width"]))
             how = f"student at width {params['width']:g}"
         n_out = int(teacher.outputs[0].shape[-1] or 1)
         if n_out < 2 or int(student.outputs[0].shape[-1] or 1) != n_out:

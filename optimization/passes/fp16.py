@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import _common as c
+from . import common as c
 from .base import ModelHandle, Pass, PassContext, PassError
-from .distill import _output_layer_names, _rebuild
+from .distill import output_layer_names, rebuild
 
 MODES = ("float16", "mixed_float16")
 
@@ -31,14 +31,14 @@ class FP16(Pass):
         source = c.keras_model_of(self.name, model)
         ctx.checkpoint(0.0, f"{self.name}: rebuilding with dtype policy {params['mode']}")
         config = copy.deepcopy(source.get_config())
-        outputs = _output_layer_names(source)
+        outputs = output_layer_names(source)
         for layer in config["layers"]:
             if layer["class_name"] == "InputLayer":
                 continue
             name = layer["config"].get("name")
             layer["config"]["dtype"] = "float32" if name in outputs else params["mode"]
         try:
-            rebuilt = _rebuild(source, config)
+            rebuilt = rebuild(source, config)
         except PassError:
             raise
         except Exception as exc:

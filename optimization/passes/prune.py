@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import _common as c
+from . import common as c
 from .base import ModelHandle, Pass, PassContext, PassError
 
 

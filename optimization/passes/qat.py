@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from . import _common as c
+from . import common as c
 from .base import ModelHandle, Pass, PassContext, PassError
 from .ptq import convert
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ENGINEER_PERMS, PASSWORD, _user
+from tests.conftest import ENGINEER_PERMS, PASSWORD, make_user
 from tests.optimization.conftest import digits_files  # noqa: F401  (session fixture: real model + datasets)
 from tests.optimization.test_worker import wait_for, worker  # noqa: F401  (a real db_worker process)
 from tests.releases.conftest import RELEASE_PERMS
@@ -79,13 +79,13 @@ def screenshot(page: Any, name: str) -> None:
 def alice(django_user_model):  # type: ignore[no-untyped-def]
     """The ML engineer: uploads, optimizes, requests releases; also an approver — so only the
     four-eyes rule stops her deciding her own production release."""
-    return _user(django_user_model, "alice", ENGINEER_PERMS + RELEASE_PERMS + ["releases.approve_release"])
+    return make_user(django_user_model, "alice", ENGINEER_PERMS + RELEASE_PERMS + ["releases.approve_release"])
 
 
 @pytest.fixture
 def bob(django_user_model):  # type: ignore[no-untyped-def]
     """The release manager: approves, promotes and rolls back (but requests nothing)."""
-    return _user(django_user_model, "bob", ["releases.approve_release", "releases.change_release"])
+    return make_user(django_user_model, "bob", ["releases.approve_release", "releases.change_release"])
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -16,16 +15,12 @@ from django.db import transaction
 
 from registry import audit
 from tests import factories
-from tests.processes import ROOT, stop, wait_for
+from tests.processes import ROOT, free_port, stop, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="Debian's prometheus is not installed (.ci/run installs it)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

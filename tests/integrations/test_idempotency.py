@@ -72,10 +72,10 @@ def test_a_failed_create_releases_its_key(api, model, artifacts):
 def test_keys_are_per_user(api, model, alice, django_user_model):
     from rest_framework.test import APIClient
 
-    from tests.conftest import ENGINEER_PERMS, _user
+    from tests.conftest import ENGINEER_PERMS, make_user
 
     erin = APIClient()
-    erin.force_authenticate(_user(django_user_model, "erin", ENGINEER_PERMS))
+    erin.force_authenticate(make_user(django_user_model, "erin", ENGINEER_PERMS))
     key = {"HTTP_IDEMPOTENCY_KEY": "same"}
     assert api.post("/api/v1/models/", {"name": "a", "task": "classification"}, format="json", **key).status_code == 201
     assert erin.post("/api/v1/models/", {"name": "b", "task": "classification"}, format="json", **key).status_code == 201

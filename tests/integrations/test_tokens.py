@@ -54,9 +54,9 @@ def test_scopes_limit_what_a_token_does(alice, make_token):
 
 @pytest.mark.django_db
 def test_a_token_never_grants_more_than_its_user_has(django_user_model, make_token):
-    from tests.conftest import _user
+    from tests.conftest import make_user
 
-    charlie = _user(django_user_model, "charlie", [])
+    charlie = make_user(django_user_model, "charlie", [])
     _, client = make_token(charlie, ALL_SCOPES)
     response = client.post("/api/v1/models/", {"name": "m", "task": "classification"}, format="json")
     assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
@@ -100,12 +100,12 @@ def test_a_token_with_approve_scope_of_a_user_without_the_permission_cannot_appr
                                                                                   django_user_model, settings):
     from releases import services
     from releases.models import Environment
-    from tests.conftest import _user
+    from tests.conftest import make_user
 
     release = services.release_create(version=versions[0], environment=Environment.objects.get(name="production"),
                                       requester=alice)
     services.release_submit(release=release, actor=alice)
-    dave = _user(django_user_model, "dave", [])
+    dave = make_user(django_user_model, "dave", [])
     _, client = make_token(dave, ["releases:approve"])
     response = client.post(f"/api/v1/releases/{release.pk}/approve/", {"comment": "x"}, format="json")
     assert response.status_code == 403
@@ -164,9 +164,9 @@ def test_service_account_tokens_need_the_manage_permission(alice, django_user_mo
     from django.contrib.auth.models import Permission
 
     from integrations.models import ServiceAccount
-    from tests.conftest import _user
+    from tests.conftest import make_user
 
-    bot = _user(django_user_model, "ci-bot", ["registry.add_registeredmodel"])
+    bot = make_user(django_user_model, "ci-bot", ["registry.add_registeredmodel"])
     ServiceAccount.objects.create(user=bot)
     session = APIClient()
     session.force_authenticate(alice)

@@ -26,7 +26,7 @@ from optimization.passes import (  # noqa: E402
     parse_recipe,
     required_data,
 )
-from optimization.passes._common import kernel_weights, tflite_constant_tensors  # noqa: E402
+from optimization.passes.common import kernel_weights, tflite_constant_tensors  # noqa: E402
 from optimization.passes.base import Cancelled, ModelHandle, PassError  # noqa: E402
 from tests.optimization import tiny  # noqa: E402
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from registry.models import AuditEvent, Dataset
-from tests.conftest import files_under, upload
+from tests.conftest import files_under, post_dataset, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -29,11 +29,6 @@ def npz(tmp_path: Path, filename: str = "eval.npz", n: int = 10, **extra: np.nda
     path = tmp_path / filename
     np.savez(path, **arrays)
     return path
-
-
-def post_dataset(api, model: str, path: Path, **fields):  # type: ignore[no-untyped-def]
-    with open(path, "rb") as fh:
-        return api.post(f"/api/v1/models/{model}/datasets/", {"file": fh, **fields}, format="multipart")
 
 
 def blob_path(storage_root: Path, sha: str) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel
-from tests.conftest import files_under, upload
+from tests.conftest import files_under, post_dataset, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -141,11 +141,6 @@ def escape_targets(storage_root: Path, name: str) -> list[Path]:
     """Where ``../``-members named ``name`` would land from the inspection workdir and above."""
     return [storage_root / "tmp" / name, storage_root / name, storage_root.parent / name,
             storage_root.parent.parent / name, Path("/tmp") / name]
-
-
-def post_dataset(api, model: str, path: Path, **fields):  # type: ignore[no-untyped-def]
-    with open(path, "rb") as fh:
-        return api.post(f"/api/v1/models/{model}/datasets/", {"file": fh, **fields}, format="multipart")
 
 
 def npz_file(tmp_path: Path, filename: str = "data.npz", **arrays: np.ndarray) -> Path:

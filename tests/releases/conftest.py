@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from tests.conftest import ENGINEER_PERMS, _user
+from tests.conftest import ENGINEER_PERMS, make_user
 
 RELEASE_PERMS = ["releases.add_release", "releases.change_release", "releases.add_endpoint"]
 
@@ -20,13 +20,13 @@ def immediate(settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def alice(django_user_model):  # type: ignore[no-untyped-def]
-    return _user(django_user_model, "alice", ENGINEER_PERMS + RELEASE_PERMS)
+    return make_user(django_user_model, "alice", ENGINEER_PERMS + RELEASE_PERMS)
 
 
 @pytest.fixture
 def bob(django_user_model):  # type: ignore[no-untyped-def]
     """A release approver: may approve and reject, but holds no engineering permissions."""
-    return _user(django_user_model, "bob", ["releases.approve_release"])
+    return make_user(django_user_model, "bob", ["releases.approve_release"])
 
 
 @pytest.fixture

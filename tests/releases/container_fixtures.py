@@ -1,4 +1,4 @@
-"""Fixtures for the `docker` endpoint tests (releases/containers.py), on the real Docker engine.
+"""Fixtures for the `docker` endpoint tests (releases/deploy/containers.py), on the real Docker engine.
 
 TEST HARNESS, not a product image: production runs release images built FROM the real
 ``tensorflow/serving[-gpu]`` image, which cannot be fetched here (no Docker Hub). So the tests
@@ -32,9 +32,10 @@ from typing import Any
 
 import pytest
 
-from releases import containers, images
+from releases import images
+from releases.deploy import containers
 from tests.releases.serving_fixtures import Models, tiny_models  # noqa: F401 - fixture
-from tests.releases.traffic import Traffic  # noqa: F401 - re-exported for the container tests
+from releases.traffic import Traffic  # noqa: F401 - re-exported for the container tests
 
 __all__ = ["docker_client", "harness_base", "release_image", "endpoint_name", "tiny_models",
            "harness_mounts", "Traffic", "HARNESS_SERVING_DIR", "RUN_ID"]

@@ -14,7 +14,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +24,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-from releases.promotion_engine import RepositoryEndpoint
+from releases.deploy.repository_engine import RepositoryEndpoint
 from releases.tfserving import TFServingClient
 from tests.serving.serving_contract import stop_process
+from tests.processes import free_port
 
 __all__ = ["Models", "LiveServer", "tiny_models", "launch_server", "model_server", "free_port",
            "STARTUP_TIMEOUT"]
@@ -94,10 +94,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
 # --- servers -------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The `docker` endpoint kind (releases/containers.py) on the real Docker engine.
+"""The `docker` endpoint kind (releases/deploy/containers.py) on the real Docker engine.
 
 Release images are built with images.build_image FROM a serving-capable TEST HARNESS base image
 (container_fixtures.py: the stand-in base + an entrypoint that runs this host's Python with our
@@ -17,9 +17,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from releases import containers
-from releases.containers import ContainerPromotionFailed, ContainerSpec
-from releases.promotion_engine import PromotionFailed
+from releases.deploy import containers
+from releases.deploy.containers import ContainerPromotionFailed, ContainerSpec
+from releases.deploy.repository_engine import PromotionFailed
 from releases.tfserving import LoadFailed, TFServingClient, WrongAnswers
 from serving.flags import parse as parse_serving_flags
 from tests.releases.container_fixtures import *  # noqa: F401,F403 - fixtures

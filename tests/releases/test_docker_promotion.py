@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from django.db import connection  # noqa: F401
 
-from releases.container_promotion import route_path
-from releases.containers import LABEL_ENDPOINT, port_free
+from releases.promotion import route_path
+from releases.deploy.containers import LABEL_ENDPOINT, port_free
 from releases.models import Endpoint, Environment, Release
 from releases.router import serve
 from releases.tfserving import TFServingClient
 from tests.releases.container_fixtures import docker_client, harness_base, harness_mounts  # noqa: F401
-from tests.releases.traffic import Traffic
+from releases.traffic import Traffic
 
 pytestmark = pytest.mark.docker
 
@@ -90,7 +90,8 @@ def test_release_runs_as_a_container_verified_and_rolled_back(api, bob_api, vers
     detail = api.get(f"/api/v1/endpoints/{docker_endpoint.name}/").json()
     assert detail["route_file"] == str(route_path(docker_endpoint.name))
     assert route_of(docker_endpoint) == {"grpc_target": docker_endpoint.grpc_target, "rest_url": docker_endpoint.rest_url,
-                                         "container_id": v1_container, "version": 1}
+                                         "container_id": v1_container, "version": 1,
+                                         "active_container_id": v1_container, "previous_container_id": ""}
 
     # Clients of the router's one fixed address follow the switch and the rollback, error-free.
     router, handler = serve("127.0.0.1:0", route_path(docker_endpoint.name))

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from registry.models import AuditEvent
-from releases import promotion, promotion_engine as engine
+from releases import promotion
+from releases.deploy import repository_engine as engine
 from releases.endpoints import EndpointRefused
 from releases.models import Endpoint, Environment, Promotion, Release
-from tests.conftest import _user
+from tests.conftest import make_user
 from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F401  (fixtures)
 
 SECRET = "s3cr3t-token-do-not-leak"
@@ -165,12 +166,10 @@ def test_docker_host_must_be_one_the_operator_allowed(operator_api, settings):
 
 @pytest.mark.django_db
 def test_docker_host_is_checked_again_when_used():
-    from releases.container_promotion import docker_client
-
     endpoint = Endpoint.objects.create(name="old", environment=Environment.objects.get(name="production"),
                                        kind="docker", grpc_port_base=9600, docker_host="tcp://10.0.0.9:2375")
     with pytest.raises(EndpointRefused, match="docker_host"):
-        docker_client(endpoint)
+        promotion.driver(endpoint)
 
 
 @pytest.mark.django_db
@@ -217,7 +216,7 @@ def test_a_valid_profile_is_stored(operator_api):
 @pytest.mark.django_db
 def test_admin_needs_the_operator_permission_and_applies_the_policy(client, django_user_model, olivia, root,
                                                                      storage_root):
-    staff = _user(django_user_model, "sam", ["releases.add_endpoint", "releases.change_endpoint",
+    staff = make_user(django_user_model, "sam", ["releases.add_endpoint", "releases.change_endpoint",
                                              "releases.view_endpoint"], is_staff=True)
     client.force_login(staff)
     assert client.get("/admin/releases/endpoint/add/").status_code == 403

@@ -220,3 +220,50 @@ def test_admin_promote_and_rollback_actions_call_the_same_services(client, djang
     assert release.state == "live"  # a first release has nothing to roll back to: refused, unchanged
     page = client.get(f"/admin/releases/endpoint/{ready['endpoint'].pk}/change/")
     assert page.status_code == 200 and "stable→v1" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_signature_change_fails_its_gate_before_approval_and_goes_live_only_with_an_override(
+        api, bob_api, ready, immediate, tmp_path, django_capture_on_commit_callbacks):
+    """v3 answers 4 classes where live v1 answers 3: the approver sees the failed gate with the
+    difference spelled out; approved with a reason, the promotion reports the change instead of
+    refusing it, and the release warns its clients."""
+    from registry import services
+    from registry.uploads import StagedFile
+    from tests import factories
+
+    name, server = ready["model"].name, ready["server"]
+    first = ready["image_ready"](ready["v1"])
+    promote(api, first, django_capture_on_commit_callbacks)
+    assert first.state == "live"
+    four = factories.zip_dir(factories.save_saved_model(tmp_path / "four", factories.tiny_keras_model(classes=4)),
+                             tmp_path / "four.zip")
+    v3 = services.version_create(model=ready["model"], staged=StagedFile.from_path(four), actor=first.requester)
+
+    release_id = api.post("/api/v1/releases/", {"model": name, "version": v3.number, "environment": "production"},
+                          format="json").json()["id"]
+    submitted = api.post(f"/api/v1/releases/{release_id}/submit/")
+    assert submitted.status_code == 200, submitted.content
+    gate = next(g for g in submitted.json()["gates"] if g["gate"] == "signature_compatible")
+    assert gate["passed"] is False and gate["threshold"] == "v1"
+    assert gate["value"] == ["output 'probs' has shape [?, 4], live v1 has [?, 3]"]
+    assert "breaks clients of live v1" in gate["message"]
+
+    refused = bob_api.post(f"/api/v1/releases/{release_id}/approve/", {"comment": "ok"}, format="json")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "gates_failed"
+    approved = bob_api.post(f"/api/v1/releases/{release_id}/approve/",
+                            {"comment": "ok", "override_reason": "clients move to 4 classes on Monday"}, format="json")
+    assert approved.status_code == 200, approved.content
+    release = Release.objects.get(pk=release_id)
+    Release.objects.filter(pk=release_id).update(state="image_ready")  # the build is test_builds' business
+
+    assert promote(api, release, django_capture_on_commit_callbacks).status_code == 200
+    assert release.state == "live", (release.failure_step, release.failure_reason)
+    assert stable_version(server, name) == v3.number
+    validate = next(s for s in Promotion.objects.get(release=release).steps if s["step"] == "validate")
+    assert "signature change approved: output 'probs' has shape [?, 4], version 1 has [?, 3]" in validate["message"]
+    detail = api.get(f"/api/v1/releases/{release_id}/").json()
+    assert detail["warnings"] == ["This release changes the serving signature (approved: clients move to 4 classes "
+                                  "on Monday); clients of the previous version must adapt: output 'probs' has shape "
+                                  "[?, 4], live v1 has [?, 3]"]
+    assert api.get(f"/api/v1/releases/{first.pk}/").json()["warnings"] == []

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from releases import promotion_engine as engine
-from releases.promotion_engine import (
+from releases.deploy import repository_engine as engine
+from releases.deploy.repository_engine import (
     PromotionFailed, RepositoryEndpoint, VersionExists, model_entry, policy_versions, read_config)
 from releases.tfserving import (
     EndpointUnreachable, LoadFailed, ModelServerConfig, ServingTimeout, SignatureMismatch, TFServingClient,
     VersionNotLoaded, WrongAnswers)
 from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
 from tests.releases.serving_fixtures import LiveServer, Models, free_port
-from tests.releases.traffic import Traffic
+from releases.traffic import Traffic
 
 TOLERANCE = (1e-5, 1e-6)
 HAPPY_STEPS = ["lock", "check", "stage", "load", "available", "validate", "promote", "done"]

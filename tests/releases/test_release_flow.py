@@ -196,9 +196,9 @@ def test_cancel_from_pending(api, versions, no_builds):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_approvals_cannot_both_win(bob, versions, django_user_model, no_builds):
-    from tests.conftest import _user
+    from tests.conftest import make_user
 
-    dave = _user(django_user_model, "dave", ["releases.approve_release"])
+    dave = make_user(django_user_model, "dave", ["releases.approve_release"])
     release = services.release_create(version=versions[0], environment=Environment.objects.get(name="production"),
                                       requester=versions[0].created_by)
     services.release_submit(release=release, actor=versions[0].created_by)

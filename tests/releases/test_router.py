@@ -2,6 +2,7 @@
 serving` processes: per-RPC forwarding, a switch under steady traffic, errors passed through."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -10,12 +11,12 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from releases import promotion_engine as engine
+from releases.deploy import repository_engine as engine
 from releases.router import serve, write_route
 from releases.tfserving import TFServingClient
 from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
 from tests.releases.serving_fixtures import LiveServer, Models
-from tests.releases.traffic import Traffic
+from releases.traffic import Traffic
 
 MODEL = "routed"
 
@@ -160,3 +161,68 @@ def test_rest_requests_follow_the_route_too(backends, tmp_path, tiny_models) -> 
     finally:
         rest.shutdown()
         rest.server_close()
+
+
+def test_a_canary_route_splits_grpc_and_rest_by_weight_and_complete_and_rollback_drop_nothing(
+        backends, tmp_path, tiny_models) -> None:
+    """The docker driver's canary: ``weight`` % of calls to the new backend, through the real router
+    (gRPC and REST) in front of two real servers; then complete (100 %) and rollback (0 %) under
+    steady traffic, counting where every call went and that none failed."""
+    import requests
+
+    from releases.deploy import EndpointSpec
+    from releases.deploy.docker_driver import DockerDriver
+    from releases.router import serve_rest
+
+    old, new = backends
+    route = tmp_path / "routes" / "gpu-canary.json"
+    driver = DockerDriver(EndpointSpec(name="gpu-canary", kind="docker", route_file=route, lock_dir=tmp_path / "locks"))
+    stable = {"container_id": "old", "grpc_target": old.client.grpc_target,
+              "rest_url": f"http://127.0.0.1:{old.rest_port}", "version": 1}
+    canary = {"container_id": "new", "grpc_target": new.client.grpc_target,
+              "rest_url": f"http://127.0.0.1:{new.rest_port}", "version": 2}
+    # What DockerDriver.promote(canary=True, weight=10) writes once the new container is validated.
+    changes = driver.switch(stable, canary={**canary, "weight": 10}, active="new", previous="old")
+    assert changes["active_container_id"] == "new" and changes["previous_container_id"] == "old"
+
+    server, handler = serve("127.0.0.1:0", route)
+    rest = serve_rest("127.0.0.1:0", route)
+    address = f"127.0.0.1:{server.port}"
+    try:
+        calls = 300
+        with TFServingClient(address, timeout=10) as client:
+            grpc_versions = [client.predict(MODEL, {"x": x_of(tiny_models)}, label="stable")[1] for _ in range(calls)]
+        with requests.Session() as session:
+            rest_versions = []
+            for _ in range(calls):
+                answer = session.get(f"http://127.0.0.1:{rest.server_port}/v1/models/{MODEL}", timeout=10)
+                assert answer.status_code == 200
+                rest_versions.append(int(answer.json()["model_version_status"][0]["version"]))
+        for versions in (grpc_versions, rest_versions):
+            assert set(versions) == {1, 2}
+            share = versions.count(2) / calls
+            assert 0.07 <= share <= 0.13, share  # 10 %, within a tolerance
+        print(f"canary 10%: gRPC {grpc_versions.count(2)}/{calls} to v2, REST {rest_versions.count(2)}/{calls} to v2")
+
+        with Traffic(address, MODEL, x_of(tiny_models)) as traffic:
+            time.sleep(0.5)
+            completed = time.monotonic()
+            driver.complete_canary(MODEL)  # 100 % to the new container
+            time.sleep(0.5)
+            rolled = time.monotonic()
+            # What DockerDriver.rollback writes once the kept container is checked (that check needs
+            # the Docker engine: tests/releases/test_docker_promotion.py).
+            driver.switch(stable, canary=None, active="old", previous="new")
+            time.sleep(0.5)
+        assert traffic.failures() == []
+        before = [v for sent, v, _ in traffic.log if sent < completed]
+        during = [v for sent, v, _ in traffic.log if completed + 0.05 < sent < rolled]
+        after = [v for sent, v, _ in traffic.log if sent > rolled + 0.05]
+        assert set(before) == {1, 2} and set(during) == {2} and set(after) == {1}, (before, during, after)
+        print(f"complete/rollback under traffic: {len(traffic.log)} calls, 0 failed")
+        assert json.loads(route.read_text())["grpc_target"] == old.client.grpc_target
+        assert "canary" not in json.loads(route.read_text())
+    finally:
+        rest.shutdown()
+        server.stop(grace=None)
+        handler.close()

@@ -13,7 +13,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_status_pb2, model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
     prediction_service_pb2_grpc)
+
+from tests.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REAL_BINARY = os.environ.get("TF_SERVING_BINARY", "")
@@ -127,10 +128,6 @@ def warmup_file(version_dir: Path, input_name: str) -> None:
 
 # --- the server process --------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_command(flags: list[str]) -> list[str]:

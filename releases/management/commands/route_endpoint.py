@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from releases.container_promotion import route_path
+from releases.promotion import route_path
 from releases.models import Endpoint
 from releases.router import run_forever
 

@@ -14,7 +14,7 @@ Promotion (``promote_container``), per /work/shared/reference/tf-serving.md (Doc
   that exits or restarts fails the step with its last log lines);
 * validate: the signature (also against the old container's version, if it still answers) and
   Predict on the recorded samples, with the promotion engine's own checks
-  (``promotion_engine.check_signature`` / ``check_answers``);
+  (``repository_engine.check_signature`` / ``check_answers``);
 * retire (optional, ``grace_s``): containers of the endpoint older than the old one are stopped
   and removed; the old one is kept for rollback.
 
@@ -37,10 +37,10 @@ from typing import Any
 import docker
 import requests
 
-from . import images
-from .promotion_engine import (
-    OnStep, PromotionFailed, Samples, _Reporter, check_answers, check_signature)
-from .tfserving import (
+from releases import images
+from releases.deploy.repository_engine import (
+    OnStep, PromotionFailed, Samples, Reporter, check_answers, check_signature)
+from releases.tfserving import (
     AVAILABLE, EndpointUnreachable, LoadFailed, ServingTimeout, TFServingClient, TFServingError,
     VersionNotLoaded)
 
@@ -310,7 +310,7 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
                       mounts: Iterable[docker.types.Mount] = (),
                       environment: Mapping[str, str] | None = None,
                       restart_policy: Mapping[str, Any] | None = None,
-                      host: str = DEFAULT_HOST) -> ContainerPromotion:
+                      host: str = DEFAULT_HOST, accept_signature_change: bool = False) -> ContainerPromotion:
     """Start ``image_ref`` beside ``old``, wait until ``version`` is AVAILABLE, validate it
     (signature + recorded samples, through ``label`` if given, else the version), and return its
     target. The caller switches traffic by recording ``grpc_target``/``rest_url`` as active.
@@ -323,7 +323,7 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
     Steps: check, start, available, validate, [retire], done; on failure remove, failed, then
     ContainerPromotionFailed(step, reason)."""
     parsed = Samples.parse(dict(samples) if isinstance(samples, Mapping) else samples)
-    report = _Reporter(on_step)
+    report = Reporter(on_step)
     started = time.monotonic()
     deadline = started + deadline_s
     state: dict[str, Any] = {"step": "check", "container": None}
@@ -389,7 +389,8 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
             else:
                 old_serving = None
             try:
-                check_signature(signature_client, model_name, version, parsed, reference)
+                changes = check_signature(signature_client, model_name, version, parsed, reference,
+                                          accept_change=accept_signature_change)
             finally:
                 if old_serving is not None:
                     old_serving.close()
@@ -397,7 +398,8 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
             check_answers(serving, model_name, version, parsed, tolerance, label=label)
             report("validate", f"signature{'' if reference is None else f' (vs version {reference})'}"
                                f"{note} and {len(parsed.inputs)} sample answers match through "
-                               f"{f'label {label!r}' if label else f'version {version}'}")
+                               f"{f'label {label!r}' if label else f'version {version}'}"
+                               + (f"; signature change approved: {'; '.join(changes)}" if changes else ""))
 
         retirement = None
         if grace_s is not None:

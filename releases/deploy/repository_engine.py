@@ -30,8 +30,6 @@ The rules it follows (see /work/shared/reference/tf-serving.md):
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -49,7 +47,9 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
-from .tfserving import (
+from releases.deploy import signatures
+from releases.deploy.durable import NotARegularFile, file_lock, fsync_dir, write_text_atomically
+from releases.tfserving import (
     AVAILABLE, END, EndpointUnreachable, LoadFailed, ModelServerConfig, ReloadRefused,
     ServingTimeout, SignatureMismatch, TFServingClient, TFServingError, VersionNotLoaded,
     WrongAnswers)
@@ -169,45 +169,15 @@ def read_config(path: Path) -> ModelServerConfig:
     return empty_config() if text is None else parse_config(text, str(path))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a sibling temp file, fsync it, rename() over `path`, fsync the directory.
-
-    A reader (the server's config poll) sees either the old file or the new one, never half.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
-        raise ConfigError(f"{path} is not a regular file (a symlink, directory or device): not replacing it")
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
 def config_text(config: ModelServerConfig) -> str:
     return text_format.MessageToString(config)
 
 
 def write_config_atomically(path: Path, config: ModelServerConfig) -> None:
-    write_text_atomically(path, config_text(config))
+    try:
+        write_text_atomically(path, config_text(config))
+    except NotARegularFile as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def model_entry(config: ModelServerConfig, name: str) -> Any | None:
@@ -281,30 +251,6 @@ class RepositoryEndpoint:
         """Write models.config atomically, then send the same config with HandleReloadConfigRequest."""
         write_config_atomically(self.config_path, config)
         self.client.reload_config(config, timeout=timeout)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, timeout_s: float | None = None) -> Iterator[None]:
-    """An exclusive flock on ``path``: one promotion per endpoint, across threads and processes."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if timeout_s is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise ServingTimeout(f"Another promotion still holds {path} after {timeout_s:g} s") from None
-                    time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def _check_model_name(name: str) -> str:
@@ -426,7 +372,7 @@ def _copy_tree_durably(src: Path, dst: Path) -> None:
     for pair in last:
         _copy_file_durably(*pair)
     for directory in reversed(made_dirs):
-        _fsync_dir(directory)
+        fsync_dir(directory)
 
 
 def _copy_file_durably(src: Path, dst: Path) -> None:
@@ -471,7 +417,7 @@ def stage_version(base_dir: Path, model_name: str, version: int, saved_model_src
         if tree_sha256(tmp) != digest:
             raise StagingError(f"{src} changed while it was being copied; nothing was published")
         write_manifest(tmp, model_name, version, digest)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if os.path.lexists(target):  # appeared while we copied (someone not holding the lock)
             shutil.rmtree(tmp)
             return _existing(target, digest, model_name, version)
@@ -479,7 +425,7 @@ def stage_version(base_dir: Path, model_name: str, version: int, saved_model_src
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(model_dir)
+    fsync_dir(model_dir)
     return StagedVersion(target, True, digest)
 
 
@@ -524,10 +470,12 @@ class Samples:
 
 
 def check_signature(client: TFServingClient, model_name: str, version: int, samples: Samples,
-                    reference_version: int | None) -> None:
+                    reference_version: int | None, *, accept_change: bool = False) -> list[str]:
     """The version's serving_default takes samples.input_name/dtype and gives samples.output_name;
-    if a reference (the current stable) is given, the new one has the same input names and dtypes
-    and at least its outputs with the same dtypes (clients of `stable` keep working)."""
+    if a reference (the current stable) is given, the new one keeps its clients working
+    (``signatures.differences``: same input names and dtypes, every old output, compatible shapes).
+    ``accept_change``: a change from the reference was approved (an override of the signature
+    gate): the differences are returned, to be reported, instead of refusing."""
     new = client.signature(model_name, version=version)
     problems = []
     spec = new.inputs.get(samples.input_name)
@@ -537,19 +485,16 @@ def check_signature(client: TFServingClient, model_name: str, version: int, samp
         problems.append(f"input {samples.input_name!r} is {spec.dtype}, the samples are {samples.dtype}")
     if samples.output_name not in new.outputs:
         problems.append(f"no output {samples.output_name!r} (outputs: {', '.join(sorted(new.outputs))})")
+    changes: list[str] = []
     if reference_version is not None and reference_version != version:
         old = client.signature(model_name, version=reference_version)
-        old_in = {k: v.dtype for k, v in old.inputs.items()}
-        new_in = {k: v.dtype for k, v in new.inputs.items()}
-        if old_in != new_in:
-            problems.append(f"inputs {new_in} differ from version {reference_version}'s {old_in}")
-        for name, old_spec in old.outputs.items():
-            if name not in new.outputs or new.outputs[name].dtype != old_spec.dtype:
-                got = new.outputs[name].dtype if name in new.outputs else "missing"
-                problems.append(f"output {name!r} is {got}, version {reference_version} has {old_spec.dtype}")
-    if problems:
+        changes = signatures.differences(signatures.from_served(old.inputs), signatures.from_served(old.outputs),
+                                         signatures.from_served(new.inputs), signatures.from_served(new.outputs),
+                                         old_name=f"version {reference_version}")
+    if problems or (changes and not accept_change):
         raise SignatureMismatch(f"Signature serving_default of {model_name} version {version} does not "
-                                f"match: {'; '.join(problems)}")
+                                f"match: {'; '.join(problems + changes)}")
+    return changes
 
 
 def check_answers(client: TFServingClient, model_name: str, version: int, samples: Samples,
@@ -606,7 +551,9 @@ class LabelChange:
 
 
 @dataclass
-class _Reporter:
+class Reporter:
+    """Collects the steps of a promotion and passes each to ``on_step`` (whose failure is logged, never raised)."""
+
     on_step: OnStep | None
     steps: list[tuple[str, str]] = field(default_factory=list)
 
@@ -623,7 +570,8 @@ class _Reporter:
 def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, saved_model_src: Path,
             samples: dict[str, Any] | Samples, tolerance: tuple[float, float] = (1e-5, 1e-6),
             canary_only: bool = False, on_step: OnStep | None = None, deadline_s: float = 60.0,
-            expected_sha256: str | None = None, delete_retired: bool = True) -> PromotionResult:
+            expected_sha256: str | None = None, delete_retired: bool = True,
+            accept_signature_change: bool = False) -> PromotionResult:
     """Stage `saved_model_src` as `version` of `model_name` and make it `stable` (or only `canary`).
 
     Steps, each reported as on_step(step, message):
@@ -636,7 +584,7 @@ def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, save
     """
     _check_model_name(model_name)
     parsed = Samples.parse(samples)
-    report = _Reporter(on_step)
+    report = Reporter(on_step)
     if not endpoint.client.reachable():  # before the lock, so a dead endpoint leaves no trace at all
         error = PromotionFailed("check", EndpointUnreachable(
             f"TF Serving endpoint {endpoint.client.grpc_target} does not answer; nothing was staged or "
@@ -653,13 +601,14 @@ def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, save
         report("lock", f"holding {endpoint.base_dir / LOCK_NAME}")
         run = _Promotion(endpoint, model_name, version, Path(saved_model_src), parsed, tolerance,
                          canary_only, report, deadline_s, expected_sha256, delete_retired)
+        run.accept_signature_change = accept_signature_change  # an approved override of the signature gate
         return run.run()
 
 
 class _Promotion:
     def __init__(self, endpoint: RepositoryEndpoint, model_name: str, version: int, src: Path,
                  samples: Samples, tolerance: tuple[float, float], canary_only: bool,
-                 report: _Reporter, deadline_s: float, expected_sha256: str | None,
+                 report: Reporter, deadline_s: float, expected_sha256: str | None,
                  delete_retired: bool = True) -> None:
         self.endpoint, self.client = endpoint, endpoint.client
         self.model, self.version, self.src = model_name, version, src
@@ -675,6 +624,7 @@ class _Promotion:
         self.staged: StagedVersion | None = None
         self.stable_moved = False
         self.delete_retired = delete_retired
+        self.accept_signature_change = False
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -759,10 +709,12 @@ class _Promotion:
         # validate by version number: nothing has to move before the new version is proven, so a
         # promotion is two reloads (load, then the label flip), the minimum TF Serving allows.
         self.step = "validate"
-        check_signature(self.client, model, new, self.samples, stable)
+        changes = check_signature(self.client, model, new, self.samples, stable,
+                                  accept_change=self.accept_signature_change)
         check_answers(self.client, model, new, self.samples, self.tolerance)
         self.report("validate", f"signature and {len(self.samples.inputs)} sample answers of version {new} "
-                                f"match the registry's")
+                                f"match the registry's" + (f"; signature change approved: {'; '.join(changes)}"
+                                                           if changes else ""))
 
         # final: keep the previous stable (for rollback), the new one, and other labels' versions.
         others = {v for label, v in labels.items() if label not in (STABLE, CANARY)}
@@ -841,7 +793,7 @@ def _current(endpoint: RepositoryEndpoint, model_name: str) -> tuple[ModelServer
 def _flip(endpoint: RepositoryEndpoint, model_name: str, to_version: int, labels: dict[str, int],
           versions: set[int], on_step: OnStep | None, what: str) -> LabelChange:
     started = time.monotonic()
-    report = _Reporter(on_step)
+    report = Reporter(on_step)
     config, entry = _current(endpoint, model_name)
     before = dict(entry.version_labels).get(STABLE)
     state = endpoint.client.model_status(model_name).get(to_version, ("not loaded", ""))[0]
@@ -913,7 +865,7 @@ def retire(endpoint: RepositoryEndpoint, model_name: str, keep: set[int], *, del
     the directories of versions not kept are deleted, unless the server still holds them
     (see delete_unserved_dirs).
     """
-    report = _Reporter(on_step)
+    report = Reporter(on_step)
     keep = {int(v) for v in keep}
     if not keep:
         raise RetireRefused("retire() needs at least one version to keep")
