@@ -74,6 +74,16 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def lying_npz(path: Path, shape: tuple[int, ...]) -> Path:
+    """An .npz whose x.npy header declares a float32 array of ``shape`` over 64 bytes of data: what
+    a dataset check must refuse from the header alone, before building anything."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x.npy", header.getvalue() + b"\0" * 64)
+    return path
+
+
 def resource_hog_saved_model(directory: Path, kind: str, amount: int) -> Path:
     """A small, valid SavedModel (a 'serving_default' signature taking "features" [None, 8]) that
     holds one resource whose initializer — which ``tf.saved_model.load`` runs, as it runs every

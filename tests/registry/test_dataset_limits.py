@@ -13,6 +13,7 @@ import pytest
 
 from registry import datasets, services
 from registry.models import Dataset
+from tests import factories
 from tests.registry.test_hostile_uploads import (  # noqa: F401  (the hostile corpus's helpers)
     assert_error, post_dataset, snapshot, version1,
 )
@@ -50,12 +51,7 @@ def test_a_ratio_bomb_is_refused_before_any_array_is_built(api, version1, snapsh
 def test_a_header_declaring_more_than_the_dataset_limit_is_refused_from_the_header(
         api, version1, snapshot, tmp_path) -> None:  # noqa: F811
     """1.28 GB declared (under the 8 GiB archive limit, over the 1 GiB dataset limit) in 64 bytes."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (40_000_000, 8)})
-    path = tmp_path / "liar.npz"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("x.npy", header.getvalue() + b"\0" * 64)
+    path = factories.lying_npz(tmp_path / "liar.npz", (40_000_000, 8))
     before = snapshot()
 
     response, peak = traced_peak(lambda: post_dataset(api, "digits", path, role="eval"))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from registry.models import AuditEvent, Dataset
+from tests import factories
 from tests.conftest import files_under, post_dataset, upload
 
 pytestmark = pytest.mark.django_db
@@ -168,9 +169,6 @@ def test_readonly_user_can_list_datasets(api, readonly_api, versions, tmp_path):
 def test_dataset_whose_npy_header_declares_a_huge_array_is_refused_before_loading(api, registered, artifacts,
                                                                                    tmp_path, storage_root):
     """The zip's own size fields are honest and small; the .npy header inside claims 8 TB."""
-    import io
-    import zipfile
-
     from registry import services
     from registry.models import Dataset
     from registry.uploads import StagedFile
@@ -178,12 +176,7 @@ def test_dataset_whose_npy_header_declares_a_huge_array_is_refused_before_loadin
 
     services.version_create(model=registered, staged=StagedFile.from_path(artifacts["tflite"]),
                             actor=registered.owner)
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (1_000_000_000_000, 8)})
-    path = tmp_path / "liar.npz"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("x.npy", header.getvalue() + b"\0" * 64)
+    path = factories.lying_npz(tmp_path / "liar.npz", (1_000_000_000_000, 8))
     with open(path, "rb") as fh:
         response = api.post("/api/v1/models/digits/datasets/", {"file": fh, "role": "eval"}, format="multipart")
     assert response.status_code == 400, response.content
