@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ENGINEER_PERMS, PASSWORD, make_user
+from tests.conftest import ENGINEER_PERMS, PASSWORD, make_user, missing
 from tests.optimization.conftest import digits_files  # noqa: F401  (session fixture: real model + datasets)
 from tests.optimization.test_worker import wait_for, worker  # noqa: F401  (a real db_worker process)
 from tests.releases.conftest import RELEASE_PERMS
@@ -31,7 +31,7 @@ DESKTOP = {"width": 1400, "height": 900}
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
+        missing(f"no Chromium at {CHROMIUM}")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -15,10 +15,15 @@ from django.db import transaction
 
 from registry import audit
 from tests import factories
+from tests.conftest import missing
 from tests.processes import ROOT, free_port, stop, wait_for
 
-pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
-                                reason="Debian's prometheus is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _needs_prometheus() -> None:
+    if shutil.which("prometheus") is None:
+        missing("Debian's prometheus is not installed")
 
 
 

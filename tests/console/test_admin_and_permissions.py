@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from tests.console.conftest import make_rows
+from tests.conftest import missing
 
 API_DENIED = "You do not have permission to perform this action."
 
@@ -106,7 +107,7 @@ def test_local_production_endpoint_builds_images_where_an_engine_answers(setting
     from releases.models import Environment
 
     if not engine_reachable():
-        pytest.skip("no Docker engine (bin/test-services starts one)")
+        missing("no Docker engine (bin/test-services starts one)")
     settings.SERVING_ROOTS = [str(tmp_path)]
     call_command("ensure_local_endpoint", repository=str(tmp_path / "production"), environment="production",
                  name="local-production", grpc_port=8510, rest_port=8511, images="auto")
