@@ -33,6 +33,11 @@ ERRORS = {
     500: "Unexpected error, logged; the body carries the request id.",
 }
 READ_ERRORS = (400, 401, 403, 404, 406, 500)
+# Refused by the HTTP server before the app, with its own HTML page (config/gunicorn.py).
+SERVER_ERRORS = {
+    414: "Request line (path and query) over 8190 bytes: refused by the HTTP server, HTML body.",
+    431: "A header over 8190 bytes, or over 100 headers: refused by the HTTP server, HTML body.",
+}
 WRITE_ERRORS = (*READ_ERRORS, 409, 413, 415, 422)
 
 
@@ -52,5 +57,8 @@ class AutoSchema(openapi.AutoSchema):
             if str(status) not in responses:
                 response = self._get_response_for_code(Error, str(status), direction=direction)
                 responses[str(status)] = {**response, "description": ERRORS[status]}
+        for status, description in SERVER_ERRORS.items():
+            responses[str(status)] = {"content": {"text/html": {"schema": {"type": "string"}}},
+                                      "description": description}
         return responses
 
