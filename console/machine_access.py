@@ -57,12 +57,19 @@ def _token_form(request: HttpRequest) -> dict[str, Any]:
 
 
 @login_required
+@require_GET
 def token_list(request: HttpRequest) -> HttpResponse:
-    """GET: your tokens (and service accounts' if you manage them). POST: create one (the API's
-    ``POST /api/v1/tokens/``: any logged-in user, for themself; a service account needs
-    ``integrations.change_serviceaccount``, checked by the service)."""
+    """Your tokens (and service accounts' if you manage them) and the form to create one."""
+    return render(request, "console/tokens.html", _tokens_context(request))
+
+
+@login_required
+def token_create(request: HttpRequest) -> HttpResponse:
+    """The API's ``POST /api/v1/tokens/``: any logged-in user, for themself; for a service account
+    with ``integrations.change_serviceaccount`` (checked by the service). Its own URL, so that
+    leaving the page that shows the secret is a real navigation, not a jump to an anchor in it."""
     if request.method != "POST":
-        return render(request, "console/tokens.html", _tokens_context(request))
+        return redirect(reverse("console:tokens") + "#create")
 
     def act() -> tuple[Any, str]:
         data = valid(TokenCreateInput, request, {"scopes": request.POST.getlist("scopes")})
@@ -99,11 +106,17 @@ def _webhooks_context(request: HttpRequest, form: dict[str, Any] | None = None) 
 
 
 @login_required
+@require_GET
 def webhook_list(request: HttpRequest) -> HttpResponse:
-    """GET: your subscriptions (every one for a superuser, as the API). POST: subscribe (the API's
-    ``POST /api/v1/webhooks/``, ``integrations.add_webhooksubscription``)."""
+    """Your subscriptions (every one for a superuser, as the API) and the form to subscribe."""
+    return render(request, "console/webhooks.html", _webhooks_context(request))
+
+
+@login_required
+def webhook_create(request: HttpRequest) -> HttpResponse:
+    """The API's ``POST /api/v1/webhooks/`` (``integrations.add_webhooksubscription``)."""
     if request.method != "POST":
-        return render(request, "console/webhooks.html", _webhooks_context(request))
+        return redirect(reverse("console:webhooks") + "#create")
 
     def act() -> WebhookSubscription:
         require(request, "integrations.add_webhooksubscription")

@@ -61,6 +61,10 @@ def test_settings_is_in_the_navigation(client, alice):
     client.force_login(alice)
     assert 'href="/settings/tokens/"' in body(client.get("/"))
     assert client.get("/settings/")["Location"] == "/settings/tokens/"
+    assert client.get("/settings/tokens/new/")["Location"] == "/settings/tokens/#create"
+    assert client.get("/settings/webhooks/new/")["Location"] == "/settings/webhooks/#create"
+    assert client.post("/settings/tokens/", {"name": "x", "scopes": ["registry:read"]}).status_code == 405
+    assert not ApiToken.objects.exists()
 
 
 def test_a_token_created_in_the_console_is_shown_exactly_once_and_works(client, alice):
@@ -68,7 +72,7 @@ def test_a_token_created_in_the_console_is_shown_exactly_once_and_works(client, 
     form = client.get("/settings/tokens/")
     assert form.status_code == 200
     assert 'value="releases:approve"' in body(form) and "four-eyes" in body(form)
-    created = client.post("/settings/tokens/", {"name": "github-actions", "scopes": ["registry:read", "optimize"],
+    created = client.post("/settings/tokens/new/", {"name": "github-actions", "scopes": ["registry:read", "optimize"],
                                                 "expires_in_days": "30"})
     assert created.status_code == 201 and created["Cache-Control"] == "no-store"
     secrets = TOKEN_RE.findall(body(created))
@@ -89,7 +93,7 @@ def test_a_token_created_in_the_console_is_shown_exactly_once_and_works(client, 
 def test_token_form_refusals_are_the_services_messages(client, alice, settings):
     client.force_login(alice)
     good = {"name": "ci", "scopes": ["registry:read"], "expires_in_days": "90"}
-    assert client.post("/settings/tokens/", good).status_code == 201
+    assert client.post("/settings/tokens/new/", good).status_code == 201
     cases = [
         ({**good, "name": "other", "scopes": []}, 400, "scopes: This list may not be empty."),
         ({**good, "name": "other", "scopes": ["registry:admin"]}, 400, "&quot;registry:admin&quot; is not a valid choice"),
@@ -101,12 +105,12 @@ def test_token_form_refusals_are_the_services_messages(client, alice, settings):
         (good, 409, "already has an active token named &#x27;ci&#x27;"),
     ]
     for data, status, message in cases:
-        response = client.post("/settings/tokens/", data)
+        response = client.post("/settings/tokens/new/", data)
         assert response.status_code == status, (data, body(response)[:300])
         assert message in body(response), (data, message)
         assert not TOKEN_RE.search(body(response))
     assert list(ApiToken.objects.values_list("name", flat=True)) == ["ci"]
-    refused = client.post("/settings/tokens/", {**good, "name": "kept-name", "scopes": []})
+    refused = client.post("/settings/tokens/new/", {**good, "name": "kept-name", "scopes": []})
     assert 'value="kept-name"' in body(refused) and 'value="registry:read" checked' not in body(refused)
 
 
@@ -162,7 +166,7 @@ def test_expired_and_revoked_tokens_are_shown_as_such(client, alice):
 def test_hostile_token_names_are_escaped(client, alice):
     client.force_login(alice)
     name = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-    created = client.post("/settings/tokens/", {"name": name, "scopes": ["registry:read"], "expires_in_days": "7"})
+    created = client.post("/settings/tokens/new/", {"name": name, "scopes": ["registry:read"], "expires_in_days": "7"})
     assert created.status_code == 201
     for page in (body(created), body(client.get("/settings/tokens/"))):
         assert "<script>alert" not in page and "<img src=x" not in page
@@ -174,7 +178,7 @@ def test_service_account_tokens_need_the_permission(client, alice, ci_bot, djang
     client.force_login(alice)
     form = body(client.get("/settings/tokens/"))
     assert 'name="username"' not in form
-    refused = client.post("/settings/tokens/", {"name": "deploy", "scopes": ["registry:write"],
+    refused = client.post("/settings/tokens/new/", {"name": "deploy", "scopes": ["registry:write"],
                                                 "expires_in_days": "30", "username": "ci-bot"})
     assert refused.status_code == 403
     assert "Creating tokens for a service account needs integrations.change_serviceaccount." in body(refused)
@@ -183,7 +187,7 @@ def test_service_account_tokens_need_the_permission(client, alice, ci_bot, djang
     client.force_login(sam)
     form = body(client.get("/settings/tokens/"))
     assert '<option value="ci-bot"' in form
-    created = client.post("/settings/tokens/", {"name": "deploy", "scopes": ["registry:write"],
+    created = client.post("/settings/tokens/new/", {"name": "deploy", "scopes": ["registry:write"],
                                                 "expires_in_days": "30", "username": "ci-bot"})
     assert created.status_code == 201
     token = ApiToken.objects.get(name="deploy")
@@ -202,7 +206,7 @@ def test_service_account_tokens_need_the_permission(client, alice, ci_bot, djang
 def test_a_webhook_subscribed_in_the_console_shows_its_secret_once(client, hana, loopback):
     client.force_login(hana)
     assert 'id="subscribe"' in body(client.get("/settings/webhooks/"))
-    created = client.post("/settings/webhooks/", {"url": HOOK, "events": ["", "release.live", "release.approved"],
+    created = client.post("/settings/webhooks/new/", {"url": HOOK, "events": ["", "release.live", "release.approved"],
                                                   "model": "", "description": "deploy bot"})
     assert created.status_code == 201 and created["Cache-Control"] == "no-store"
     sub = WebhookSubscription.objects.get()
@@ -222,7 +226,7 @@ def test_webhook_form_refusals_are_the_apis(client, hana, charlie, settings, ali
     client.force_login(charlie)
     page = body(client.get("/settings/webhooks/"))
     assert 'id="subscribe"' not in page and "integrations.add_webhooksubscription" in page
-    response = client.post("/settings/webhooks/", {"url": HOOK, "events": ["release.live"]})
+    response = client.post("/settings/webhooks/new/", {"url": HOOK, "events": ["release.live"]})
     assert response.status_code == 403 and API_DENIED in body(response)
 
     client.force_login(hana)
@@ -235,11 +239,11 @@ def test_webhook_form_refusals_are_the_apis(client, hana, charlie, settings, ali
         ({"url": "https://8.8.8.8/x", "events": ["release.live"], "model": "nope"}, 404, "No model &#x27;nope&#x27;."),
     ]
     for data, status, message in cases:
-        response = client.post("/settings/webhooks/", data)
+        response = client.post("/settings/webhooks/new/", data)
         assert response.status_code == status, (data, body(response)[:300])
         assert message in body(response), (data, message)
     assert not WebhookSubscription.objects.exists()
-    created = client.post("/settings/webhooks/", {"url": "https://8.8.8.8/x", "events": ["release.live"],
+    created = client.post("/settings/webhooks/new/", {"url": "https://8.8.8.8/x", "events": ["release.live"],
                                                   "model": "ranker"})
     assert created.status_code == 201
     assert WebhookSubscription.objects.get().model.name == "ranker"
@@ -248,7 +252,7 @@ def test_webhook_form_refusals_are_the_apis(client, hana, charlie, settings, ali
 def test_a_hostile_webhook_url_is_escaped(client, hana, loopback):
     client.force_login(hana)
     url = 'http://127.0.0.1:9/x?q="><script>alert(1)</script>'
-    created = client.post("/settings/webhooks/", {"url": url, "events": ["release.live"],
+    created = client.post("/settings/webhooks/new/", {"url": url, "events": ["release.live"],
                                                   "description": "<b onmouseover=alert(2)>hi</b>"})
     assert created.status_code == 201, body(created)[:300]
     sub = WebhookSubscription.objects.get()
