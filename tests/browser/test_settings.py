@@ -141,4 +141,6 @@ def test_settings_pages_fit_a_phone_and_pass_axe(new_page, settings_data, viewpo
     page.goto(f"/settings/webhooks/{settings_data['webhook']}/")
     page.locator("#delivery-log details.payload summary").first.click()
     check(page, "webhook-deliveries", suffix, problems)
+    page.locator("#edit-open").click()
+    check(page, "webhook-edit", suffix, problems, shot=False)
     assert not problems, problems
