@@ -6,10 +6,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Max, Prefetch, Q, QuerySet
+from django.db.models import Count, Max, OuterRef, Prefetch, Q, QuerySet, Subquery
 
+from integrations import tokens, webhooks
+from integrations.models import WebhookDelivery, WebhookSubscription
 from optimization.models import OptimizationJob, VersionMetrics
 from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
 from releases.models import Endpoint, Environment, Promotion, Release
@@ -250,3 +253,34 @@ def group_steps(events: list[AuditEvent]) -> list[AuditRow]:
         else:
             rows.append(AuditRow(event))
     return rows
+
+
+# --- API tokens and webhooks (machine access) ------------------------------------------------
+
+def tokens_page(user: AbstractBaseUser, *, page: Any = 1) -> Page:
+    """The tokens the API lists for this user (``integrations.tokens.tokens_visible_to``: own,
+    plus every service account's for whoever manages them), newest first, revoked ones included."""
+    return paginate(tokens.tokens_visible_to(user).select_related("user__service_account"), page)
+
+
+def service_accounts(user: AbstractBaseUser) -> list[AbstractBaseUser]:
+    """The users this user may create tokens for besides themself (empty without the permission)."""
+    if not user.has_perm("integrations.change_serviceaccount"):
+        return []
+    return list(get_user_model().objects.filter(service_account__isnull=False).order_by("username"))
+
+
+def webhooks_page(user: AbstractBaseUser, *, page: Any = 1) -> Page:
+    """The subscriptions the API lists for this user, each annotated with its newest delivery
+    (``last_event``, ``last_status``, ``last_code``, ``last_at``; None when nothing was sent)."""
+    newest = WebhookDelivery.objects.filter(subscription=OuterRef("pk")).order_by("-pk")
+    subs = webhooks.subscriptions_visible_to(user).annotate(
+        **{f"last_{name}": Subquery(newest.values(column)[:1])
+           for name, column in (("event", "event"), ("status", "status"), ("code", "response_code"),
+                                ("at", "created_at"))})
+    return paginate(subs, page)
+
+
+def deliveries_page(subscription: WebhookSubscription, *, status: str = "", page: Any = 1) -> Page:
+    """The delivery log of one subscription, newest first, as the API's ``/deliveries/``."""
+    return paginate(webhooks.deliveries_of(subscription, status), page)

@@ -1,7 +1,8 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
+from django.views.generic import RedirectView
 
-from console import views
+from console import machine_access, views
 
 app_name = "console"
 
@@ -27,4 +28,15 @@ urlpatterns = [
     path("releases/<int:release_id>/<str:action>/", views.release_action, name="release-action"),
     path("endpoints/", views.endpoints, name="endpoints"),
     path("audit/", views.audit, name="audit"),
+    path("settings/", RedirectView.as_view(pattern_name="console:tokens"), name="settings"),
+    path("settings/tokens/", machine_access.token_list, name="tokens"),
+    path("settings/tokens/new/", machine_access.token_create, name="token-create"),
+    path("settings/tokens/<int:token_id>/revoke/", machine_access.token_revoke, name="token-revoke"),
+    path("settings/webhooks/", machine_access.webhook_list, name="webhooks"),
+    path("settings/webhooks/new/", machine_access.webhook_create, name="webhook-create"),
+    path("settings/webhooks/<int:webhook_id>/", machine_access.webhook, name="webhook"),
+    path("settings/webhooks/<int:webhook_id>/edit/", machine_access.webhook_edit, name="webhook-edit"),
+    path("settings/webhooks/<int:webhook_id>/delete/", machine_access.webhook_delete, name="webhook-delete"),
+    path("settings/webhook-deliveries/<int:delivery_id>/redeliver/", machine_access.delivery_redeliver,
+         name="delivery-redeliver"),
 ]

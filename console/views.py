@@ -59,6 +59,11 @@ def valid(serializer_class: type, request: HttpRequest, extra: dict[str, Any] | 
     data = {k: v for k, v in request.POST.items() if k != "csrfmiddlewaretoken" and v != ""}
     data.update({k: f for k, f in request.FILES.items()})
     data.update(extra or {})
+    return validated(serializer_class, data)
+
+
+def validated(serializer_class: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Run the API's input serializer on ``data``; a refusal is the API's 400 and message."""
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data

@@ -21,7 +21,7 @@ class ReadOnly(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(ReadOnly):
-    """Tokens are created through the API (the secret is shown once there); revoke here."""
+    """Tokens are created through the API or the console (the secret is shown once there); revoke here."""
 
     list_display = ["name", "user", "prefix", "scope_list", "expires_at", "last_used_at", "revoked_at"]
     list_filter = ["revoked_at"]

@@ -112,10 +112,7 @@ class DeliveryList(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[WebhookDelivery]:
         sub = webhooks.get_subscription(self.request.user, self.kwargs["webhook_id"])
-        deliveries = sub.deliveries.order_by("-pk")
-        if state := self.request.query_params.get("status"):
-            deliveries = deliveries.filter(status=state)
-        return deliveries
+        return webhooks.deliveries_of(sub, self.request.query_params.get("status", ""))
 
 
 class DeliveryRedeliver(APIView):

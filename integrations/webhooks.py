@@ -138,6 +138,12 @@ def subscriptions_visible_to(user: AbstractBaseUser) -> models.QuerySet[WebhookS
     return subs if user.is_superuser else subs.filter(owner=user)
 
 
+def deliveries_of(subscription: WebhookSubscription, status: str = "") -> models.QuerySet[WebhookDelivery]:
+    """The delivery log of one subscription, newest first; ``status`` filters (empty: all)."""
+    deliveries = subscription.deliveries.order_by("-pk")
+    return deliveries.filter(status=status) if status else deliveries
+
+
 def get_subscription(user: AbstractBaseUser, pk: int) -> WebhookSubscription:
     sub = subscriptions_visible_to(user).filter(pk=pk).first()
     if sub is None:

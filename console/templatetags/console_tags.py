@@ -1,6 +1,7 @@
 """Template filters for units (see console.formatting) and small helpers."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import template
@@ -35,7 +36,7 @@ def state_class(state: str) -> str:
         return "ok"
     if state in ("failed", "rejected", "rolled_back", "cancelled"):
         return "bad"
-    if state in ("pending_approval", "running", "queued", "promoting", "image_building", "canary"):
+    if state in ("pending_approval", "running", "queued", "promoting", "image_building", "canary", "retrying"):
         return "warn"
     return "plain"
 
@@ -60,3 +61,9 @@ def gate_number(value: Any, gate: str) -> str:
     if isinstance(value, list):
         return ", ".join(str(v) for v in value) or formatting.DASH
     return formatting.DASH if value is None else str(value)
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    """A JSON document indented for a <pre> (escaped by the template like any text)."""
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
