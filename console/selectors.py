@@ -10,7 +10,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, Max, Prefetch, Q, QuerySet
 
-from optimization.models import OptimizationJob, VersionMetrics
+from metrics.models import VersionMetrics
+from optimization.models import OptimizationJob
 from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
 from releases.models import Endpoint, Environment, Promotion, Release
 
