@@ -1,6 +1,6 @@
-"""IdempotencyKey moves here from integrations with its rows (the registry's API and every app's
-creates use it; the registry may import no app above it): state only, then a table and index
-rename (``registry.moves``; integrations' 0002 drops it from integrations' state)."""
+"""IdempotencyKey moves into the registry, out of integrations, with its rows: every app's creates
+use it, and the registry may import no app above it. State only, then a table and index rename
+(``registry.moves``); integrations' 0002 then forgets the model in its own state."""
 import django.db.models.deletion
 import django.utils.timezone
 from django.conf import settings
