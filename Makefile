@@ -29,10 +29,11 @@ run: migrate
 
 # PostgreSQL is the production database: the whole suite runs on it (.ci/run installs it,
 # bin/test-services starts it). SQLite, the embedded default, gets a smoke pass: uploads and the
-# registry (its IMMEDIATE-transaction locking), a real task worker, the supervisor and a release flow.
+# registry (its IMMEDIATE-transaction locking), a real task worker, the supervisor, a release flow,
+# the demo seed and the model-moving migrations.
 PG_URL ?= postgres:///modelyard?host=/var/run/postgresql
 SQLITE_SMOKE := tests/registry tests/optimization/test_worker.py tests/config/test_supervisor.py \
-	tests/releases/test_release_flow.py
+	tests/releases/test_release_flow.py tests/metrics/test_seed_demo.py tests/metrics/test_migrations.py
 
 test: venv
 	bin/test-services

@@ -42,7 +42,7 @@ def seed(n: int) -> dict[str, int]:
     from django.contrib.auth import get_user_model
     from django.db import transaction
 
-    from optimization.models import VersionMetrics
+    from metrics.models import VersionMetrics
     from registry.models import Dataset, ModelVersion, RegisteredModel
     from releases.models import Environment, Release
 

@@ -12,7 +12,7 @@ Part A (no Django): for each reference model
   artifact) on a generated 10-class problem (``make_classification``, 24k rows: 20k train / 4k eval),
 
 it trains the model, exports the float parent as a SavedModel exactly as a job registers a Keras
-variant (``modelio.export_handle``), measures it with ``metrics.measure``, then runs every
+variant (``modelio.export_handle``), measures it with ``metrics.harness.measure``, then runs every
 technique and named pipeline through ``parse_recipe`` and each pass's ``run()`` (the code a job
 runs), exports the result, measures it against the parent and prints one table per model. Two
 reference rows frame it: the parent, and a plain float32 TFLite conversion (no optimization), so
@@ -34,10 +34,10 @@ caches the parent), then ``--runs`` interleaved pairs of
   export, measure, sample I/O, register the variant);
 - the direct script: ``tf_keras.models.load_model`` of the same SavedModel, the same tfmot and
   TFLite calls with the same parameters, the ``.tflite`` written, and the same
-  ``metrics.measure`` against the parent's reference.
+  ``metrics.harness.measure`` against the parent's reference.
 
-It prints the medians and their ratio (target ≤ 1.10x) and where the job's extra time goes
-(timers wrapped around the runner's stages from this script; no product code is changed). Then
+It prints the medians and their ratio (target ≤ 1.10x) and where the job's extra time goes (the
+runner's own stages, heard through the public ``config.tracing`` hook: nothing is patched). Then
 it runs one ``auto`` job (1-point budget) and prints its candidates.
 
 Exit status 1 if a target is missed.
@@ -45,7 +45,6 @@ Exit status 1 if a target is missed.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -103,7 +102,7 @@ def _arrays(x: np.ndarray, y: np.ndarray):  # type: ignore[no-untyped-def]
 
 
 def reference_digits(quick: bool) -> Reference:
-    from registry.management.commands.seed_demo import train_digits_classifier
+    from metrics.management.commands.seed_demo import train_digits_classifier
 
     start = time.perf_counter()
     model, (x_train, y_train), (x_eval, y_eval), _, _ = train_digits_classifier(epochs=30)
@@ -168,7 +167,7 @@ def unpack_saved_model(artifact: Path, dest: Path) -> Path:
 
 def export_and_measure(handle: Any, dest: Path, data: Data, parent: Any) -> tuple[dict[str, Any], np.ndarray,
                                                                                    Path, Path, str]:
-    from optimization import metrics as harness
+    from metrics import harness
     from optimization import modelio
 
     artifact, fmt = modelio.export_handle(handle, dest)
@@ -348,7 +347,7 @@ def within(m: dict[str, Any] | None, drop: float) -> bool:
 
 def part_a(ref: Reference, workdir: Path) -> ModelResult:
     from optimization import budget as budget_mod
-    from optimization import metrics as harness
+    from metrics import harness
     from optimization import modelio
     from optimization.passes import AUTO_CANDIDATES
     from optimization.passes.base import ModelHandle
@@ -495,82 +494,58 @@ def targets_for(result: ModelResult) -> list[tuple[str, str, str, bool]]:
 # ============================================================================ Part B
 
 
-class StageTimer:
-    """Accumulates wall time per label while installed; wraps functions by attribute."""
+class StageTimes:
+    """A ``config.tracing`` listener: wall seconds summed per span path (``register/version_create``)."""
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
-        self._patches: list[tuple[Any, str, Any]] = []
 
-    def wrap(self, owner: Any, attr: str, label: str) -> None:
-        original = getattr(owner, attr)
-
-        @functools.wraps(original)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - start
-
-        setattr(owner, attr, timed)
-        self._patches.append((owner, attr, original))
+    def __call__(self, path: str, seconds: float) -> None:
+        self.totals[path] = self.totals.get(path, 0.0) + seconds
 
     def reset(self) -> dict[str, float]:
         out, self.totals = self.totals, {}
         return out
 
-    def remove(self) -> None:
-        for owner, attr, original in reversed(self._patches):
-            setattr(owner, attr, original)
-        self._patches.clear()
 
-
-JOB_STAGES = [  # (label, nested?) in print order
-    ("job_create (validate, pick datasets, enqueue)", 0),
-    ("unpack + verify source blob", 0),
-    ("load + verify datasets", 0),
-    ("check eval vs signature", 0),
-    ("parent reference (cached after the 1st job)", 0),
-    ("load model (tf_keras)", 0),
-    ("passes", 0),
-    ("export (+ unzip for SavedModel)", 0),
-    ("measure variant", 0),
-    ("register: total", 0),
-    ("sample_io (re-loads the variant, re-reads eval blob)", 1),
-    ("job_finish_succeeded (hash, version_create, metrics row)", 1),
-    ("inspect_artifact (inside version_create)", 2),
+JOB_STAGES = [  # (label, span path) in print order; a path with "/" is nested in the one before
+    ("job_create (validate, pick datasets, enqueue)", "job_create"),  # this script's own span
+    ("unpack + verify source blob", "unpack source"),
+    ("load + verify datasets", "load datasets"),
+    ("check eval vs signature", "check eval vs signature"),
+    ("parent reference (cached after the 1st job)", "parent reference"),
+    ("load model (tf_keras)", "load model"),
+    ("passes", "passes"),
+    ("export (+ unzip for SavedModel)", "export"),
+    ("measure variant", "measure variant"),
+    ("load predictor", "measure variant/load predictor"),
+    ("harness (outputs, sizes, weights, latency)", "measure variant/harness"),
+    ("sample_io", "measure variant/sample_io"),
+    ("register: total", "register"),
+    ("version_create (hash, inspect, store)", "register/version_create"),
 ]
+# The direct script's stages, by the job stage they compare with.
+DIRECT_STAGES = {"load model": "load model", "passes": "passes", "export": "export",
+                 "measure variant": "measure variant"}
 
 
-def install_job_timers(timer: StageTimer) -> None:
-    from optimization import metrics as harness
-    from optimization import modelio, services
-    from optimization.runner import JobRunner
-    from registry import inspection
-
-    timer.wrap(services, "job_create", JOB_STAGES[0][0])
-    timer.wrap(JobRunner, "_unpack", JOB_STAGES[1][0])
-    timer.wrap(JobRunner, "_datasets", JOB_STAGES[2][0])
-    timer.wrap(JobRunner, "_check_eval_fits", JOB_STAGES[3][0])
-    timer.wrap(JobRunner, "_parent_reference", JOB_STAGES[4][0])
-    timer.wrap(modelio, "load_handle", JOB_STAGES[5][0])
-    timer.wrap(JobRunner, "_run_steps", "_run_steps")
-    timer.wrap(JobRunner, "_export", JOB_STAGES[7][0])
-    timer.wrap(JobRunner, "_measure", JOB_STAGES[8][0])
-    timer.wrap(JobRunner, "_register", JOB_STAGES[9][0])
-    timer.wrap(harness, "sample_io", "sample_io:any")
-    timer.wrap(services, "job_finish_succeeded", JOB_STAGES[11][0])
-    timer.wrap(inspection, "inspect_artifact", JOB_STAGES[12][0])
-
-
-def split_job_stages(t: dict[str, float]) -> dict[str, float]:
-    out = dict(t)
-    out[JOB_STAGES[6][0]] = out.pop("_run_steps", 0.0) - out.get(JOB_STAGES[5][0], 0.0)
-    # sample_io also runs inside the parent reference on the first job; only count the variant's.
-    any_sample = out.pop("sample_io:any", 0.0)
-    out[JOB_STAGES[10][0]] = any_sample if out.get(JOB_STAGES[4][0], 0.0) < 0.5 else float("nan")
-    return out
+def stage_rows(job_times: list[float], job_stages: list[dict[str, float]], direct_times: list[float],
+               direct_stages: list[dict[str, float]]) -> list[list[str]]:
+    """Medians per stage, job beside the direct script; "other" is what no top-level span covers."""
+    med = lambda rows, k: statistics.median([r.get(k, 0.0) for r in rows])  # noqa: E731
+    table = []
+    for label, path in JOB_STAGES:
+        jv = med(job_stages, path)
+        dkey = DIRECT_STAGES.get(path)
+        dv = med(direct_stages, dkey) if dkey else None
+        table.append([("  " * path.count("/")) + label, f"{jv:.3f}", "-" if dv is None else f"{dv:.3f}",
+                      "-" if dv is None else f"{jv - dv:+.3f}"])
+    others = [t - sum(v for path, v in st.items() if "/" not in path) for t, st in zip(job_times, job_stages)]
+    table.append(["other (claim, heartbeat, progress/log writes, scratch dir)",
+                  f"{statistics.median(others):.3f}", "-", ""])
+    jm, dm = statistics.median(job_times), statistics.median(direct_times)
+    table.append(["total (median)", f"{jm:.3f}", f"{dm:.3f}", f"{jm - dm:+.3f}"])
+    return table
 
 
 def setup_django(var_dir: Path) -> None:
@@ -593,7 +568,7 @@ def direct_steps(recipe: str, sm_dir: Path, data: Data, parent: Any, out_dir: Pa
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
-    from optimization import metrics as harness
+    from metrics import harness
 
     t: dict[str, float] = {}
     s = time.perf_counter()
@@ -655,7 +630,7 @@ def part_b(indir: Path, recipes: list[str], runs: int, run_auto: bool) -> list[t
     """Runs in its own process (like a worker that has only run jobs), on what Part A handed over."""
     import tf_keras as keras
 
-    from optimization import metrics as harness
+    from metrics import harness
 
     info = json.loads((indir / "part-a.json").read_text())
     name = info["name"]
@@ -686,67 +661,57 @@ def part_b(indir: Path, recipes: list[str], runs: int, run_auto: bool) -> list[t
                                               role=role, actor=user, check_version=version)
                 for role in ("train", "eval", "calibration")}
 
+    from config import tracing
+
+    times = StageTimes()
+
     def job(recipe: Any) -> tuple[float, Any]:
+        """One job end to end; the runner's stages are summed into ``times`` (its tracing spans)."""
         keras.utils.set_random_seed(0)
         start = time.perf_counter()
-        j = jobs.job_create(source=version, recipe=recipe, actor=user, datasets=datasets)
-        jobs.job_run(job_id=j.pk)
+        with tracing.listen(times):
+            with tracing.span("job_create"):
+                j = jobs.job_create(source=version, recipe=recipe, actor=user, datasets=datasets)
+            jobs.job_run(job_id=j.pk)
         seconds = time.perf_counter() - start
         j = OptimizationJob.objects.get(pk=j.pk)
         if j.status != "succeeded":
             raise SystemExit(f"job {j.pk} {j.status}: {j.error}\n{j.log}")
         return seconds, j
 
-    timer = StageTimer()
-    install_job_timers(timer)
     targets = []
-    try:
-        for recipe in recipes:
-            body = {"technique": recipe}
-            first, j = job(body)
-            first_stages = split_job_stages(timer.reset())
-            print(f"\n### `{recipe}`: warm-up job {j.pk} (measures and caches the parent): {first:.2f} s "
-                  f"(parent reference {first_stages.get(JOB_STAGES[4][0], 0):.2f} s)", flush=True)
-            job_times, direct_times, job_stages, direct_stages = [], [], [], []
-            for i in range(runs):
-                order = ("job", "direct") if i % 2 == 0 else ("direct", "job")
-                for which in order:
-                    if which == "job":
-                        seconds, j = job(body)
-                        job_times.append(seconds)
-                        job_stages.append(split_job_stages(timer.reset()))
-                    else:
-                        keras.utils.set_random_seed(0)
-                        start = time.perf_counter()
-                        stages = direct_steps(recipe, sm_dir, data, parent_ref, workdir / f"direct-{recipe}-{i}")
-                        direct_times.append(time.perf_counter() - start)
-                        direct_stages.append(stages)
-                print(f"  run {i + 1}/{runs}: job {job_times[-1]:.2f} s, direct {direct_times[-1]:.2f} s",
-                      flush=True)
-            jm, dm = statistics.median(job_times), statistics.median(direct_times)
-            ratio = jm / dm
-            print(f"\nmedian of {runs}: job {jm:.2f} s, direct {dm:.2f} s → ratio {ratio:.3f}x "
-                  f"(target ≤ {TARGET_JOB_RATIO:.2f}x: {'PASS' if ratio <= TARGET_JOB_RATIO else 'FAIL'}); "
-                  f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-            med = lambda rows, k: statistics.median([r.get(k, 0.0) for r in rows])  # noqa: E731
-            table = []
-            for label, depth in JOB_STAGES:
-                jv = med(job_stages, label)
-                dkey = {"load model (tf_keras)": "load model", "passes": "passes",
-                        "export (+ unzip for SavedModel)": "export", "measure variant": "measure variant"}.get(label)
-                dv = med(direct_stages, dkey) if dkey else None
-                table.append([("  " * depth) + label, f"{jv:.3f}", "-" if dv is None else f"{dv:.3f}",
-                              "-" if dv is None else f"{jv - dv:+.3f}"])
-            others = [t - sum(v for (lbl, d) in JOB_STAGES if d == 0 for v in [st.get(lbl, 0.0)])
-                      for t, st in zip(job_times, job_stages)]
-            table.append(["other (claim, heartbeat, progress/log writes, scratch dir)",
-                          f"{statistics.median(others):.3f}", "-", ""])
-            table.append(["total (median)", f"{jm:.3f}", f"{dm:.3f}", f"{jm - dm:+.3f}"])
-            print_table(["stage (median s)", "job", "direct", "job − direct"], table)
-            targets.append((f"registry job ≤ 1.10x direct script ({recipe})", f"{ratio:.3f}x",
-                            f"median of {runs}: {jm:.2f} s vs {dm:.2f} s", ratio <= TARGET_JOB_RATIO))
-    finally:
-        timer.remove()
+    for recipe in recipes:
+        body = {"technique": recipe}
+        times.reset()
+        first, j = job(body)
+        first_stages = times.reset()
+        print(f"\n### `{recipe}`: warm-up job {j.pk} (measures and caches the parent): {first:.2f} s "
+              f"(parent reference {first_stages.get('parent reference', 0):.2f} s)", flush=True)
+        job_times, direct_times, job_stages, direct_stages = [], [], [], []
+        for i in range(runs):
+            order = ("job", "direct") if i % 2 == 0 else ("direct", "job")
+            for which in order:
+                if which == "job":
+                    seconds, j = job(body)
+                    job_times.append(seconds)
+                    job_stages.append(times.reset())
+                else:
+                    keras.utils.set_random_seed(0)
+                    start = time.perf_counter()
+                    stages = direct_steps(recipe, sm_dir, data, parent_ref, workdir / f"direct-{recipe}-{i}")
+                    direct_times.append(time.perf_counter() - start)
+                    direct_stages.append(stages)
+            print(f"  run {i + 1}/{runs}: job {job_times[-1]:.2f} s, direct {direct_times[-1]:.2f} s",
+                  flush=True)
+        jm, dm = statistics.median(job_times), statistics.median(direct_times)
+        ratio = jm / dm
+        print(f"\nmedian of {runs}: job {jm:.2f} s, direct {dm:.2f} s → ratio {ratio:.3f}x "
+              f"(target ≤ {TARGET_JOB_RATIO:.2f}x: {'PASS' if ratio <= TARGET_JOB_RATIO else 'FAIL'}); "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+        print_table(["stage (median s)", "job", "direct", "job − direct"],
+                    stage_rows(job_times, job_stages, direct_times, direct_stages))
+        targets.append((f"registry job ≤ 1.10x direct script ({recipe})", f"{ratio:.3f}x",
+                        f"median of {runs}: {jm:.2f} s vs {dm:.2f} s", ratio <= TARGET_JOB_RATIO))
 
     if run_auto:
         print(f"\n### `auto` job through the registry (`{name}`, max_accuracy_drop {BUDGET_DROP})", flush=True)
@@ -759,7 +724,7 @@ def part_b(indir: Path, recipes: list[str], runs: int, run_auto: bool) -> list[t
                          fmt_num(None if m.get("accuracy_delta") is None else 100 * m["accuracy_delta"], "+.2f"),
                          c.get("outcome", c.get("error", ""))])
         print_table(["candidate", "gzipped B", "accuracy", "Δ pt", "outcome"], rows)
-        from optimization.models import VersionMetrics
+        from metrics.models import VersionMetrics
 
         vm = VersionMetrics.objects.get(version=j.variant).metrics if j.variant else None
         best = info["best_single"]

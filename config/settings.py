@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "django_tasks",
     "django_tasks_db",
     "registry",
+    "metrics",  # VersionMetrics and the measuring harness: registry <- metrics <- optimization, releases
     "optimization",
     "releases",
     "django_htmx",

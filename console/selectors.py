@@ -13,7 +13,8 @@ from django.db.models import Count, Max, OuterRef, Prefetch, Q, QuerySet, Subque
 
 from integrations import tokens, webhooks
 from integrations.models import WebhookDelivery, WebhookSubscription
-from optimization.models import OptimizationJob, VersionMetrics
+from metrics.models import VersionMetrics
+from optimization.models import OptimizationJob
 from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
 from releases.models import Endpoint, Environment, Promotion, Release
 

@@ -1,4 +1,4 @@
-"""Machine access records: API tokens (hashed), service accounts, idempotency keys, webhooks."""
+"""Machine access records: API tokens (hashed), service accounts, webhooks."""
 from __future__ import annotations
 
 import uuid
@@ -59,29 +59,6 @@ class ApiToken(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
-
-
-class IdempotencyKey(models.Model):
-    """The first answer to a create sent with an ``Idempotency-Key``; replayed for a day.
-
-    ``(user, key)`` is unique: of two concurrent requests with one key, one inserts the row and
-    runs, the other finds it and gets 409 (in progress) or the stored answer."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    key = models.CharField(max_length=255)
-    method = models.CharField(max_length=10)
-    path = models.CharField(max_length=500)
-    fingerprint = models.CharField(max_length=64, blank=True)
-    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    response = models.JSONField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "key"], name="one_idempotency_key_per_user")]
-        indexes = [models.Index(fields=["created_at"])]  # expiry sweeps
-
-    def __str__(self) -> str:
-        return f"{self.key} ({self.method} {self.path})"
 
 
 class WebhookSubscription(models.Model):

@@ -59,14 +59,15 @@ PERM_SCOPES: dict[str, str] = {
 }
 APP_WRITE_SCOPES: dict[str, tuple[str, ...]] = {
     "registry": ("registry:write",),
+    "metrics": ("optimize",),  # runs are written by optimization jobs
     "optimization": ("optimize",),
     # change_release covers submit/cancel (request) and build/promote/rollback (promote); the
     # route table above decides which of the two a request needs.
     "releases": ("releases:request", "releases:promote"),
     "integrations": ("webhooks",),
 }
-APP_READ_SCOPES = {"registry": "registry:read", "optimization": "registry:read", "releases": "releases:read",
-                   "integrations": "webhooks"}
+APP_READ_SCOPES = {"registry": "registry:read", "metrics": "registry:read", "optimization": "registry:read",
+                   "releases": "releases:read", "integrations": "webhooks"}
 
 
 def route_scope(url_name: str | None, method: str) -> str | None:

@@ -10,8 +10,8 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from optimization import services
-from optimization.models import OptimizationJob, VersionMetrics
-from registry.admin import ModelVersionAdmin, NoSaveButtonsMixin, ReadOnlyAdmin
+from optimization.models import OptimizationJob
+from registry.admin import ModelVersionAdmin, NoSaveButtonsMixin
 from registry.errors import RegistryError
 from registry.models import ModelVersion
 
@@ -65,20 +65,6 @@ class OptimizationJobAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-@admin.register(VersionMetrics)
-class VersionMetricsAdmin(ReadOnlyAdmin):
-    list_display = ["version", "eval_dataset", "reference", "accuracy", "gzipped", "created_at"]
-    list_select_related = ["version__model", "eval_dataset", "reference__model"]
-
-    @admin.display(description="Accuracy")
-    def accuracy(self, m: VersionMetrics) -> Any:
-        return m.metrics.get("accuracy")
-
-    @admin.display(description="Gzipped bytes")
-    def gzipped(self, m: VersionMetrics) -> Any:
-        return m.metrics.get("gzipped_bytes")
 
 
 # Versions get a "measure" action here rather than in registry/admin.py: the registry does not

@@ -8,10 +8,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from integrations.idempotency import idempotent
+from metrics.serializers import MetricsOutput
 from optimization import services
 from optimization.models import OptimizationJob
-from optimization.serializers import JobCreateInput, JobOutput, MetricsOutput, VariantsOutput
+from optimization.serializers import JobCreateInput, JobOutput, VariantsOutput
+from registry.idempotency import idempotent
 from registry.serializers import VersionOutput
 from registry import services as registry
 from registry.models import ModelVersion

@@ -3,42 +3,45 @@ and variant with the same harness, register the variant. TensorFlow is only impo
 
 Stages and their share of the progress bar: load 0-5 %, passes 5-75 %, export + measure 75-95 %,
 register 95-100 %. For ``auto`` the 5-95 % span is split evenly between candidates.
+
+Each stage is also a ``config.tracing`` span, so a caller listening around ``job_run`` (e.g.
+``bench/optimization.py``) sees where a job's time goes: ``unpack source``, ``load datasets``,
+``check eval vs signature``, ``parent reference``, ``load model``, ``passes``, ``export``,
+``measure variant`` (with ``metrics.measure``'s own spans inside), ``register``.
 """
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from django.conf import settings
-
+from config import tracing
+from metrics import harness, selectors as measurements
+from metrics.measure import Measurement, measure_model, measure_version
 from optimization import budget as budget_mod
-from optimization import metrics as harness
 from optimization import modelio, services
-from optimization.models import OptimizationJob, VersionMetrics
+from optimization.models import OptimizationJob
 from optimization.passes import parse_recipe
 from optimization.passes.base import Arrays, Cancelled, ModelHandle, PassContext, PassError
-from optimization.predictors import load_predictor
 from registry import archives, datasets as dataset_checks, inspection, services as registry
 from registry.errors import RegistryError
-from registry.models import Dataset, ModelVersion
+from registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Measured:
-    """A variant ready to register: its artifact, metrics, raw eval outputs and sample I/O."""
+    """A variant ready to register: its artifact and its harness run."""
 
     artifact: Path
-    metrics: dict[str, Any]
-    outputs: np.ndarray
-    samples: dict[str, Any]
+    run: Measurement
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.run.metrics
 
 
 class JobRunner:
@@ -89,11 +92,13 @@ class JobRunner:
 
     # -- stages -----------------------------------------------------------------------------
 
+    @tracing.traced("unpack source")
     def _unpack(self, version: ModelVersion, dest: Path) -> Path:
         unpacked = registry.version_unpack(version, dest)  # verifies the digest first
         self.source_blob = registry.artifact_store().blob_path(version.artifact_sha256)
         return unpacked
 
+    @tracing.traced("load datasets")
     def _datasets(self) -> dict[str, Arrays | None]:
         job = self.job
         out: dict[str, Arrays | None] = {}
@@ -109,21 +114,24 @@ class JobRunner:
             raise ValueError("The job has no eval dataset; metrics cannot be computed.")
         return out
 
+    @tracing.traced("check eval vs signature")
     def _check_eval_fits(self, eval_arrays: Arrays | None) -> None:
         assert eval_arrays is not None
         self.stage = "checking datasets"
         arrays = {"x": eval_arrays.x} | ({"y": eval_arrays.y} if eval_arrays.y is not None else {})
         dataset_checks.check_against_signature(arrays, self.job.source.signature)
 
+    @tracing.traced("parent reference")
     def _parent_reference(self, source_path: Path, eval_arrays: Arrays) -> harness.ParentReference:
         """The source's own measurement on this eval set: computed once, then reused by every job."""
         job = self.job
-        if reusable_metrics(job.source, job.eval_dataset) is not None:
+        if measurements.reusable(job.source, job.eval_dataset) is not None:
             self.log("reusing the parent's metrics (measured once, stored)")
         else:
             self.progress(3, "measuring parent", f"Measuring {job.source} on {job.eval_dataset.name}")
         return measure_version(job.source, job.eval_dataset, model_path=source_path, artifact_path=self.source_blob,
-                               eval_arrays=eval_arrays, workdir=self.workdir, latency_runs=self.latency_runs)
+                               eval_x=eval_arrays.x, eval_y=eval_arrays.y, workdir=self.workdir,
+                               latency_runs=self.latency_runs)
 
     def _context(self, data: dict[str, Arrays | None], start: float, end: float, label: str) -> PassContext:
         def progress(fraction: float, message: str) -> None:
@@ -138,18 +146,21 @@ class JobRunner:
 
     def _run_steps(self, steps: list[tuple[Any, dict[str, Any]]], source_path: Path,
                    data: dict[str, Arrays | None], start: float, end: float) -> ModelHandle:
-        handle = modelio.load_handle(source_path, self.job.source.format)
-        span = (end - start) / max(len(steps), 1)
-        for index, (step, params) in enumerate(steps):
-            lo = start + index * span
-            self.stage = f"{step.name} ({index + 1}/{len(steps)})"
-            ctx = self._context(data, lo, lo + span, self.stage)
-            ctx.checkpoint(0.0, f"starting {step.name}")
-            self.log(f"running {step.name} with {params}")
-            handle = step.run(handle, params, ctx)
-            ctx.checkpoint(1.0, f"{step.name} done")
+        with tracing.span("load model"):
+            handle = modelio.load_handle(source_path, self.job.source.format)
+        share = (end - start) / max(len(steps), 1)
+        with tracing.span("passes"):
+            for index, (step, params) in enumerate(steps):
+                lo = start + index * share
+                self.stage = f"{step.name} ({index + 1}/{len(steps)})"
+                ctx = self._context(data, lo, lo + share, self.stage)
+                ctx.checkpoint(0.0, f"starting {step.name}")
+                self.log(f"running {step.name} with {params}")
+                handle = step.run(handle, params, ctx)
+                ctx.checkpoint(1.0, f"{step.name} done")
         return handle
 
+    @tracing.traced("export")
     def _export(self, handle: ModelHandle, dest: Path) -> tuple[Path, Path, str]:
         """Write the handle as a registrable artifact; return (artifact, what load_predictor reads, format)."""
         self.stage = "exporting"
@@ -162,28 +173,28 @@ class JobRunner:
             return artifact, inspection.find_saved_model_root(unpacked), fmt
         return artifact, artifact, fmt
 
+    @tracing.traced("measure variant")
     def _measure(self, artifact: Path, model_path: Path, fmt: str, eval_arrays: Arrays | None,
                  parent: harness.ParentReference, handle: ModelHandle) -> Measured:
         """Metrics, raw outputs and sample I/O of a variant, from one loaded predictor."""
         assert eval_arrays is not None
         self.stage = "measuring"
-        predictor = load_predictor(model_path, fmt)
-        metrics, outputs = harness.measure(
-            artifact_path=artifact, model_dir_or_file=model_path, fmt=fmt, task=self.job.source.model.task,
-            eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=parent, clusters=handle.extra.get("clusters"),
-            latency_runs=self.latency_runs, predictor=predictor)
-        metrics["notes"] = handle.notes
-        return Measured(artifact, metrics, outputs, harness.sample_io(predictor, eval_arrays.x))
+        run = measure_model(artifact_path=artifact, model_path=model_path, fmt=fmt, task=self.job.source.model.task,
+                            eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=parent,
+                            clusters=handle.extra.get("clusters"), latency_runs=self.latency_runs)
+        run.metrics["notes"] = handle.notes
+        return Measured(artifact, run)
 
+    @tracing.traced("register")
     def _register(self, measured: Measured | None, *, candidates: list[dict[str, Any]], message: str) -> None:
         self.progress(95, "registering", "Registering the variant")
         blob = None
         if measured is not None:
             blob = self.workdir / "variant-outputs.npz"
-            harness.parent_reference(measured.metrics, measured.outputs).save(blob)
+            measured.run.reference().save(blob)
         variant = services.job_finish_succeeded(
             self.job, artifact=measured.artifact if measured else None, metrics=measured.metrics if measured else None,
-            samples=measured.samples if measured else {}, outputs_blob=blob, candidates=candidates, message=message)
+            samples=measured.run.samples if measured else {}, outputs_blob=blob, candidates=candidates, message=message)
         self.log(message + (f" Variant: v{variant.number}." if variant else ""))
 
     # -- auto-compression ---------------------------------------------------------------------
@@ -246,50 +257,6 @@ def compute_device() -> str:
 
     gpus = tf.config.list_physical_devices("GPU")
     return ",".join(g.name.removeprefix("/physical_device:") for g in gpus) or "cpu"
-
-
-def reusable_metrics(version: ModelVersion, eval_dataset: Dataset) -> VersionMetrics | None:
-    """The stored run of ``version`` on ``eval_dataset`` if this harness can reuse it: it kept its
-    outputs and was measured by the current harness (older ones are measured again)."""
-    stored = VersionMetrics.objects.filter(version=version, eval_dataset=eval_dataset).exclude(
-        outputs_sha256="").first()
-    if stored is None or stored.metrics.get("harness_version", 1) != harness.HARNESS_VERSION:
-        return None
-    return stored
-
-
-def measure_version(version: ModelVersion, eval_dataset: Dataset, *, model_path: Path, artifact_path: Path,
-                    eval_arrays: Arrays, workdir: Path, latency_runs: int = 50) -> harness.ParentReference:
-    """A version's own harness run on an eval dataset, stored once (metrics, samples, outputs) and
-    reused afterwards by every job and release gate."""
-    stored = reusable_metrics(version, eval_dataset)
-    if stored is not None:
-        return harness.ParentReference.load(registry.artifact_store().verify(stored.outputs_sha256))
-    predictor = load_predictor(model_path, version.format)
-    metrics, outputs = harness.measure(
-        artifact_path=artifact_path, model_dir_or_file=model_path, fmt=version.format, task=version.model.task,
-        eval_x=eval_arrays.x, eval_y=eval_arrays.y, parent=None, latency_runs=latency_runs, predictor=predictor)
-    reference = harness.parent_reference(metrics, outputs)
-    blob = workdir / f"reference-{version.pk}.npz"
-    reference.save(blob)
-    samples = harness.sample_io(predictor, eval_arrays.x)
-    services.metrics_store(version=version, eval_dataset=eval_dataset, metrics=metrics, samples=samples,
-                           outputs_blob=blob)
-    return reference
-
-
-def measure_stored_version(version: ModelVersion, eval_dataset: Dataset) -> VersionMetrics:
-    """Measure a registered version outside a job (the demo seed, a first release's gates)."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"measure-{version.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
-    try:
-        model_path = registry.version_unpack(version, workdir / "model")
-        arrays = registry.dataset_arrays(eval_dataset)
-        measure_version(version, eval_dataset, model_path=model_path,
-                        artifact_path=registry.artifact_store().blob_path(version.artifact_sha256),
-                        eval_arrays=Arrays(x=arrays["x"], y=arrays.get("y")), workdir=workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return VersionMetrics.objects.get(version=version, eval_dataset=eval_dataset)
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -5,7 +5,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from optimization.models import OptimizationJob, VersionMetrics
+from metrics.serializers import MetricsOutput
+from optimization.models import OptimizationJob
 from optimization.recipe_schema import recipe_schema
 from registry.serializers import JSONObjectField, VersionOutput
 
@@ -27,15 +28,6 @@ class JobCreateInput(serializers.Serializer):
     recipe = RecipeField(help_text='{"technique": "ptq_int8"}, {"pipeline": [...]}, or '
                                        '{"technique": "auto", "params": {"max_accuracy_drop": 0.01}}')
     datasets = DatasetRolesInput(required=False, help_text="Dataset ids by role; default: the latest of each role.")
-
-
-class MetricsOutput(serializers.ModelSerializer):
-    eval_dataset = serializers.IntegerField(source="eval_dataset_id")
-    reference = serializers.IntegerField(source="reference.number", allow_null=True, default=None)
-
-    class Meta:
-        model = VersionMetrics
-        fields = ["eval_dataset", "reference", "metrics", "created_at"]
 
 
 class JobOutput(serializers.ModelSerializer):

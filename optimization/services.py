@@ -19,13 +19,15 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
 from optimization import budget as budget_mod
-from optimization.models import OptimizationJob, VersionMetrics
+from config import tracing
+from metrics import services as measurements
+from optimization.models import OptimizationJob
 from registry import audit, datasets as dataset_checks, jsonlimits, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import Dataset, ModelVersion
@@ -417,15 +419,17 @@ def job_finish_succeeded(job: OptimizationJob, *, artifact: Path | None, metrics
                 raise Conflict("The job was reaped or cancelled while finishing; nothing registered.")
             variant = None
             if staged is not None:
-                variant = registry.version_create(
-                    model=job.source.model, staged=staged, actor=job.created_by, parent=job.source,
-                    source=ModelVersion.Source.OPTIMIZATION, description=f"{job.recipe_label} of v{job.source.number}",
-                    metadata={"optimization_job": job.pk, "recipe": job.recipe}, tags=["optimized"])
+                with tracing.span("version_create"):
+                    variant = registry.version_create(
+                        model=job.source.model, staged=staged, actor=job.created_by, parent=job.source,
+                        source=ModelVersion.Source.OPTIMIZATION,
+                        description=f"{job.recipe_label} of v{job.source.number}",
+                        metadata={"optimization_job": job.pk, "recipe": job.recipe}, tags=["optimized"])
                 created_blobs.append(staged.sha256)
                 if outputs_staged is not None and registry.artifact_store().put(outputs_staged.path,
                                                                                 outputs_staged.sha256):
                     created_blobs.append(outputs_staged.sha256)
-                VersionMetrics.objects.create(
+                measurements.metrics_record(
                     version=variant, eval_dataset=job.eval_dataset, reference=job.source, metrics=metrics or {},
                     samples=samples, outputs_sha256=outputs_staged.sha256 if outputs_staged else "")
             updated = _this_attempt(job).update(
@@ -457,47 +461,3 @@ def get_job(job_id: int | str) -> OptimizationJob:
         return OptimizationJob.objects.select_related("source__model", "variant", "created_by").get(pk=int(job_id))
     except (OptimizationJob.DoesNotExist, ValueError):
         raise NotFound(f"No optimization job {job_id}.", code="job_not_found") from None
-
-
-def metrics_store(*, version: ModelVersion, eval_dataset: Dataset, metrics: dict[str, Any],
-                  samples: dict[str, Any], outputs_blob: Path | None) -> VersionMetrics:
-    """Store a version's own measurement (a parent's, computed once and reused).
-
-    A stored run from an older harness (a lower ``harness_version``) is replaced, with an audit
-    event; otherwise the stored run wins (a concurrent job measured it first) and this one's
-    outputs blob is dropped. Either way no blob is left that no row points at.
-    """
-    sha = ""
-    if outputs_blob is not None:
-        staged = StagedFile.from_path(outputs_blob)
-        registry.artifact_store().put(staged.path, staged.sha256)
-        sha = staged.sha256
-    unused = sha
-    try:
-        with transaction.atomic():
-            stored = VersionMetrics.objects.select_for_update().filter(version=version, eval_dataset=eval_dataset)
-            existing = stored.first()
-            if existing is None:
-                try:
-                    with transaction.atomic():  # a savepoint: the unique constraint decides a race
-                        created = VersionMetrics.objects.create(
-                            version=version, eval_dataset=eval_dataset, reference=None, metrics=metrics,
-                            samples=samples, outputs_sha256=sha)
-                    unused = ""
-                    return created
-                except IntegrityError:  # two workers measured the same parent at once (no row to lock)
-                    existing = stored.get()
-            before = existing.metrics.get("harness_version", 1)
-            if before >= metrics.get("harness_version", 1):
-                return existing
-            unused = existing.outputs_sha256
-            existing.metrics, existing.samples, existing.outputs_sha256 = metrics, samples, sha
-            existing.save(update_fields=["metrics", "samples", "outputs_sha256"])
-            audit.record(actor=None, action="version_metrics.remeasure", obj=existing, model=version.model,
-                         version=version, before={"harness_version": before},
-                         after={"harness_version": metrics.get("harness_version")},
-                         comment=f"measured again on {eval_dataset.name}: the stored run used an older harness")
-            return existing
-    finally:
-        if unused:  # ours when the stored run stays, the replaced run's otherwise
-            registry.discard_blob_if_unreferenced(unused)

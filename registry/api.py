@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from integrations.idempotency import idempotent
+from registry.idempotency import idempotent
 from registry import inspector, services
 from registry.errors import NotFound
 from registry.filters import AuditEventFilter, DatasetFilter, ModelFilter, VersionFilter

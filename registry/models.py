@@ -7,6 +7,9 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
+from django.utils import timezone
+
+from registry import extensions
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9_-]{0,99}$",
@@ -56,7 +59,8 @@ class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
         return self.filter(status=ModelVersion.Status.READY)
 
     def with_related(self) -> "ModelVersionQuerySet":
-        return self.select_related("model", "parent", "created_by").prefetch_related("tags", "aliases", "metrics__reference")
+        return self.select_related("model", "parent", "created_by").prefetch_related(
+            "tags", "aliases", *extensions.version_prefetch())  # e.g. the metrics app's runs
 
 
 class ModelVersion(models.Model):
@@ -229,3 +233,27 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise AppendOnlyError("Audit events are append-only: they cannot be deleted.")
+
+
+class IdempotencyKey(models.Model):
+    """The first answer to a create sent with an ``Idempotency-Key``; replayed for a day
+    (``registry.idempotency``, used by every app's create endpoints).
+
+    ``(user, key)`` is unique: of two concurrent requests with one key, one inserts the row and
+    runs, the other finds it and gets 409 (in progress) or the stored answer."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=500)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="one_idempotency_key_per_user")]
+        indexes = [models.Index(fields=["created_at"], name="idempotencykey_created_idx")]  # expiry sweeps
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.method} {self.path})"

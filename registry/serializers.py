@@ -8,7 +8,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry import jsonlimits
+from registry import extensions, jsonlimits
 from registry.models import (
     MAX_TAG_LENGTH, MAX_TAGS, AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, slug_validator,
 )
@@ -153,9 +153,7 @@ class VersionOutput(serializers.ModelSerializer):
                   "created_at", "metrics"]
 
     def get_metrics(self, obj: ModelVersion) -> list[dict[str, Any]]:
-        from optimization.serializers import MetricsOutput  # optimization builds on the registry
-
-        return MetricsOutput(obj.metrics.all(), many=True).data
+        return extensions.version_field("metrics", obj, default=[])  # rendered by the metrics app
 
     def get_aliases(self, obj: ModelVersion) -> list[str]:
         return sorted(a.name for a in obj.aliases.all())

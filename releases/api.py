@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from integrations.idempotency import idempotent
+from registry.idempotency import idempotent
 from registry import services as registry
 from releases import promotion, services
 from releases.models import Endpoint, Environment, Release

@@ -19,7 +19,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from optimization.models import VersionMetrics
+from metrics.models import VersionMetrics
 from registry import services as registry
 from releases import images
 from releases.models import Release

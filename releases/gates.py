@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optimization.models import VersionMetrics
+from metrics.models import VersionMetrics
 from registry.models import Dataset, ModelVersion
 from releases.deploy import signatures
 from releases.models import Environment, Release, ReleasePolicy

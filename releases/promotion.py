@@ -19,7 +19,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from optimization.models import VersionMetrics
+from metrics.models import VersionMetrics
 from registry import audit, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import ModelVersion
@@ -78,8 +78,8 @@ def samples_for(version: ModelVersion, model_path: Path) -> dict[str, Any]:
         raise Conflict(f"v{version.number} has no recorded samples and model {version.model.name!r} has no eval "
                        "dataset: infra-validation has nothing to compare. Upload an eval dataset.",
                        code="no_samples")
-    from optimization import metrics as harness
-    from optimization.predictors import load_predictor
+    from metrics import harness
+    from metrics.predictors import load_predictor
 
     return harness.sample_io(load_predictor(model_path, version.format), registry.dataset_arrays(dataset)["x"])
 

@@ -12,7 +12,8 @@ def make_rows(owner, n: int, *, name: str = "rows"):  # type: ignore[no-untyped-
     a release per version, plus a promotion and audit events — what every list page shows."""
     from django.db import transaction
 
-    from optimization.models import OptimizationJob, VersionMetrics
+    from metrics.models import VersionMetrics
+    from optimization.models import OptimizationJob
     from registry import audit
     from registry.models import Dataset, ModelAlias, ModelVersion, RegisteredModel
     from releases.models import Endpoint, Environment, Promotion, Release

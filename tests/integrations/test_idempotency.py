@@ -7,7 +7,7 @@ import threading
 import pytest
 import requests
 
-from integrations.models import IdempotencyKey
+from registry.models import IdempotencyKey
 from optimization.models import OptimizationJob
 from registry.models import ModelVersion, RegisteredModel
 from releases.models import Release

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from optimization.models import OptimizationJob, VersionMetrics
+from metrics.models import VersionMetrics
+from optimization.models import OptimizationJob
 from registry.models import AuditEvent, ModelVersion
 from tests.conftest import files_under
 
@@ -344,7 +345,7 @@ def test_measure_takes_no_parameters(api, digits_model, recipe):
 @pytest.mark.django_db
 def test_a_run_stored_by_an_older_harness_is_measured_again_not_reused(
         api, digits_model, immediate_tasks, django_capture_on_commit_callbacks, storage_root):
-    from optimization.metrics import HARNESS_VERSION
+    from metrics.harness import HARNESS_VERSION
 
     source, _ = digits_model
     with django_capture_on_commit_callbacks(execute=True):

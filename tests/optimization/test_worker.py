@@ -76,7 +76,7 @@ def test_a_killed_worker_does_not_leave_the_job_running(api, digits_model, worke
     assert ModelVersion.objects.count() == 1
     assert files_under(storage_root / "tmp") == []  # the dead worker's scratch directory is gone
     new_blobs = set(files_under(storage_root / "blobs")) - blobs_before
-    from optimization.models import VersionMetrics
+    from metrics.models import VersionMetrics
 
     assert {b.split("/")[-1] for b in new_blobs} <= set(VersionMetrics.objects.values_list("outputs_sha256", flat=True))
     from django_tasks_db.models import DBTaskResult

@@ -14,7 +14,7 @@ from tests.conftest import upload
 def test_every_blob_column_is_declared() -> None:
     declared = {(model._meta.label, field) for model, field in blobrefs.registered()}
     assert declared == {("registry.ModelVersion", "artifact_sha256"), ("registry.Dataset", "sha256"),
-                        ("optimization.VersionMetrics", "outputs_sha256")}
+                        ("metrics.VersionMetrics", "outputs_sha256")}
 
 
 def test_register_refuses_an_unknown_column() -> None:

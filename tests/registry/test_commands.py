@@ -1,4 +1,4 @@
-"""The commands `make run` calls: ensure_admin and seed_demo."""
+"""The registry command `make run` calls: ensure_admin (seed_demo: tests/metrics/test_seed_demo.py)."""
 from __future__ import annotations
 
 import io
@@ -6,8 +6,6 @@ import io
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-
-from registry.models import Dataset, ModelAlias, ModelVersion
 
 
 @pytest.mark.django_db
@@ -31,21 +29,3 @@ def test_ensure_admin_takes_credentials_from_env(monkeypatch):
     call_command("ensure_admin", stdout=out)
     assert "s3cret" not in out.getvalue()
     assert get_user_model().objects.get(username="root-user").check_password("s3cret-pass-word")
-
-
-@pytest.mark.django_db
-def test_seed_demo_registers_a_trained_model_with_datasets(monkeypatch):
-    monkeypatch.setenv("MODELYARD_ADMIN_PASSWORD", "pw-for-demo-123")
-    call_command("ensure_admin", stdout=io.StringIO())
-    call_command("seed_demo", stdout=io.StringIO())
-    version = ModelVersion.objects.get(model__name="digits-demo")
-    assert version.format == "saved_model" and version.signature["inputs"][0]["shape"] == [None, 8, 8, 1]
-    assert version.metadata["train_accuracy_eval_split"] > 0.9
-    assert sorted(Dataset.objects.values_list("role", flat=True)) == ["calibration", "eval", "train"]
-    assert ModelAlias.objects.get(name="champion").version == version
-    from optimization.models import VersionMetrics
-
-    measured = VersionMetrics.objects.get(version=version)  # gates and jobs have its numbers at once
-    assert measured.metrics["accuracy"] > 0.9 and len(measured.samples["inputs"]) == 8
-    call_command("seed_demo", stdout=io.StringIO())  # idempotent
-    assert ModelVersion.objects.count() == 1

@@ -39,7 +39,7 @@ def bob_api(bob):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def versions(alice, artifacts):  # type: ignore[no-untyped-def]
     """digits v1 (SavedModel) and v2, a variant of v1 (SavedModel), each with recorded metrics."""
-    from optimization.models import VersionMetrics
+    from metrics.models import VersionMetrics
     from registry import services
     from registry.uploads import StagedFile
     from tests import factories

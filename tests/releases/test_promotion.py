@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import pytest
 
-from optimization.models import VersionMetrics
+from metrics.models import VersionMetrics
 from registry.models import AuditEvent
 from releases.models import Endpoint, Environment, Promotion, Release
 from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F401  (fixtures)

@@ -16,8 +16,8 @@ import pytest
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-from optimization.metrics import measure, parent_reference, sample_io, ParentReference  # noqa: E402
-from optimization.predictors import load_predictor  # noqa: E402
+from metrics.harness import measure, parent_reference, sample_io, ParentReference  # noqa: E402
+from metrics.predictors import load_predictor  # noqa: E402
 
 RUNS = 10
 

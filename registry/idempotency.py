@@ -25,7 +25,7 @@ from django.utils import timezone
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from integrations.models import IdempotencyKey
+from registry.models import IdempotencyKey
 from registry.errors import Conflict, RegistryError
 
 HEADER = "Idempotency-Key"

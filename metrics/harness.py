@@ -18,7 +18,7 @@ Definitions (also returned in ``metrics["definitions"]`` so stored results expla
   not depend on how the user zipped the upload.
 - ``size_ratio`` / ``gzipped_ratio`` / ``artifact_ratio``: parent / variant, so 4.0 means 4x smaller.
 - ``parameter_count`` / ``nonzero_parameters``: over all weight arrays of the predictor (see
-  ``optimization.predictors`` for what that means per format).
+  ``metrics.predictors`` for what that means per format).
 - ``sparsity``: zeros / elements over the weight arrays with ``ndim >= 2`` (kernels of Dense,
   Conv, embeddings...; biases, BatchNorm vectors and scalars excluded) - the arrays pruning acts on.
   ``kernel_parameters`` is that denominator.
@@ -56,14 +56,14 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
 
-from optimization.predictors import Predictor, load_predictor  # noqa: E402
+from metrics.predictors import Predictor, load_predictor  # noqa: E402
 
 THROUGHPUT_BATCH = 32
 _EPS = 1e-7
 _PROB_TOLERANCE = 0.05
 
 # Bumped whenever a stored number changes meaning; a version's stored run from an older harness is
-# measured again instead of reused (optimization.runner.measure_version).
+# measured again instead of reused (metrics.measure.measure_version).
 # 1: size_bytes was the uploaded artifact. 2: size_bytes is the payload as served, plus artifact_bytes.
 HARNESS_VERSION = 2
 

@@ -1,7 +1,8 @@
 """Register the demo model: a small digits classifier trained in seconds, with its datasets.
 
 Idempotent: does nothing when the demo model already exists. Goes through the same services as
-an upload from the API.
+an upload from the API, then measures the version once (``metrics.measure``), which is why the
+command lives in the metrics app and not in the registry (the registry imports no app above it).
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class Command(BaseCommand):
                                                         role=role, actor=owner, check_version=version)
             services.alias_set(model=registered, name="champion", version=version, actor=owner)
         # Measured once now, so jobs compare against it and release gates have its numbers.
-        from optimization.runner import measure_stored_version
+        from metrics.measure import measure_stored_version
 
         measure_stored_version(version, created["eval"])
         self.stdout.write(self.style.SUCCESS(
