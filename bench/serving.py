@@ -1,13 +1,14 @@
 """Benchmark `python -m serving`: per-request overhead, and batching under concurrent load.
 
     python bench/serving.py [--requests 300] [--features 64]
-    python bench/serving.py --batching [--clients 32] [--seconds 8] [--rounds 3] [--features 256]
+    python bench/serving.py --batching [--clients 32] [--seconds 8] [--rounds 3] [--features 512]
+                            [--hidden 4096] [--timeout-micros 0]
 
 Default: one server on free ports with a small MLP built here; a single client thread sends
 requests back to back: Predict latency (batch 1) and throughput (batch 32) over gRPC, through
 releases.router and over REST, beside calling the same SavedModel in-process.
 
---batching: two servers on the same model, one with --enable_batching (BATCHING_PARAMETERS),
+--batching: two servers on the same model, one with --enable_batching (batching_parameters()),
 one without; `--clients` threads send batch-1 Predicts back to back, over gRPC and then REST,
 the two servers' cells interleaved round by round so both see the same machine load. Prints
 requests/s (median of rounds), p50/p99 latency (all rounds pooled), the mean batch the model
@@ -44,19 +45,19 @@ from releases.router import serve, write_route  # noqa: E402
 
 
 class MLP(tf.Module):
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, hidden: int = 128) -> None:
         super().__init__()
         rng = np.random.default_rng(0)
-        self.w1 = tf.Variable(rng.normal(size=(features, 128)).astype(np.float32))
-        self.w2 = tf.Variable(rng.normal(size=(128, 10)).astype(np.float32))
+        self.w1 = tf.Variable(rng.normal(size=(features, hidden)).astype(np.float32))
+        self.w2 = tf.Variable(rng.normal(size=(hidden, 10)).astype(np.float32))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
     def serve(self, x):
         return {"probs": tf.nn.softmax(tf.matmul(tf.nn.relu(tf.matmul(x, self.w1)), self.w2))}
 
 
-def build_model(root: Path, features: int) -> Path:
-    module = MLP(features)
+def build_model(root: Path, features: int, hidden: int = 128) -> Path:
+    module = MLP(features, hidden)
     path = root / "mlp" / "1"
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
@@ -102,14 +103,17 @@ def summarize(times_b1: list[float], times_b32: list[float]) -> tuple[float, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--features", type=int, default=None, help="MLP inputs (64; 256 with --batching)")
+    parser.add_argument("--features", type=int, default=None, help="MLP inputs (64; 512 with --batching)")
     parser.add_argument("--batching", action="store_true", help="batching on vs off under concurrent clients")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=None, help="MLP hidden units (128; 4096 with --batching)")
+    parser.add_argument("--timeout-micros", type=int, default=0, help="batch_timeout_micros of the batching server")
     args = parser.parse_args()
     if args.batching:
-        compare_batching(args.features or 256, args.clients, args.seconds, args.rounds)
+        compare_batching(args.features or 512, args.hidden or 4096, args.clients, args.seconds, args.rounds,
+                         args.timeout_micros)
         return
     args.features = args.features or 64
 
@@ -189,12 +193,12 @@ def run_all(model_dir: Path, grpc_port: int, rest_port: int, x1: np.ndarray, x32
 
 # --- batching on vs off under concurrent load -----------------------------------------------------
 
-BATCHING_PARAMETERS = """\
-max_batch_size { value: 32 }
-batch_timeout_micros { value: 0 }
-max_enqueued_batches { value: 100 }
-num_batch_threads { value: 2 }
-"""
+def batching_parameters(timeout_micros: int) -> str:
+    """TF Serving's CPU advice: threads = cores, a batch as large as the clients, timeout 0 first."""
+    return (f"max_batch_size {{ value: 32 }}\nbatch_timeout_micros {{ value: {timeout_micros} }}\n"
+            f"max_enqueued_batches {{ value: 100 }}\nnum_batch_threads {{ value: {os.cpu_count()} }}\n")
+
+
 METRICS_PATH = "/monitoring/prometheus/metrics"
 PROCESSED = ":tensorflow:serving:batching_session:processed_batch_size"
 Call = Callable[[], object]
@@ -222,6 +226,12 @@ def run_clients(make_call: Callable[[], Call], clients: int, seconds: float) -> 
     for thread in threads:
         thread.join()
     return [t for per_client in latencies for t in per_client], sum(errors)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (load-independent, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def batch_totals(rest_port: int) -> tuple[float, float]:
@@ -258,12 +268,14 @@ def rest_caller(port: int, x: np.ndarray) -> Callable[[], Call]:
     return make
 
 
-def compare_batching(features: int, clients: int, seconds: float, rounds: int) -> None:
+def compare_batching(features: int, hidden: int, clients: int, seconds: float, rounds: int,
+                     timeout_micros: int) -> None:
     x = np.random.default_rng(1).normal(size=(1, features)).astype(np.float32)
+    parameters = batching_parameters(timeout_micros)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model_dir = build_model(root, features)
-        (root / "batching.txt").write_text(BATCHING_PARAMETERS)
+        model_dir = build_model(root, features, hidden)
+        (root / "batching.txt").write_text(parameters)
         (root / "monitoring.config").write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
         common = ("--grpc_max_threads=64", f"--monitoring_config_file={root / 'monitoring.config'}")
         ports = {mode: (free_port(), free_port()) for mode in ("off", "on")}
@@ -273,12 +285,13 @@ def compare_batching(features: int, clients: int, seconds: float, rounds: int) -
                    for mode in ("off", "on")}
         try:
             check_answers(model_dir, ports, x)
-            cells = measure_batching(ports, x, clients, seconds, rounds)
+            cells = measure_batching(ports, {mode: server.pid for mode, server in servers.items()}, x, clients,
+                                     seconds, rounds)
         finally:
             for server in servers.values():
                 server.terminate()
                 server.wait(timeout=30)
-    print_batching(cells, features, clients, seconds, rounds)
+    print_batching(cells, f"{features}-{hidden}-10", parameters, clients, seconds, rounds)
 
 
 def check_answers(model_dir: Path, ports: dict[str, tuple[int, int]], x: np.ndarray) -> None:
@@ -291,11 +304,11 @@ def check_answers(model_dir: Path, ports: dict[str, tuple[int, int]], x: np.ndar
             raise SystemExit(f"batching {mode}: server answers differ from the in-process model")
 
 
-def measure_batching(ports: dict[str, tuple[int, int]], x: np.ndarray, clients: int, seconds: float,
-                     rounds: int) -> dict[tuple[str, str], dict]:
+def measure_batching(ports: dict[str, tuple[int, int]], pids: dict[str, int], x: np.ndarray, clients: int,
+                     seconds: float, rounds: int) -> dict[tuple[str, str], dict]:
     callers = {"gRPC": lambda port: grpc_caller(port[0], x), "REST": lambda port: rest_caller(port[1], x)}
     cells: dict[tuple[str, str], dict] = {(path, mode): {"rps": [], "latencies": [], "errors": 0, "rows": 0.0,
-                                                         "calls": 0.0}
+                                                         "calls": 0.0, "cpu": 0.0}
                                           for path in callers for mode in ("off", "on")}
     for round_index in range(rounds):
         for path, caller in callers.items():
@@ -303,10 +316,11 @@ def measure_batching(ports: dict[str, tuple[int, int]], x: np.ndarray, clients: 
             for mode in order:
                 make = caller(ports[mode])
                 run_clients(make, clients, 1.0)  # warm: connections, threads, tf.function
-                before = batch_totals(ports["on"][1])
+                before, cpu_before = batch_totals(ports["on"][1]), cpu_seconds(pids[mode])
                 latencies, errors = run_clients(make, clients, seconds)
-                after = batch_totals(ports["on"][1])
+                after, cpu_after = batch_totals(ports["on"][1]), cpu_seconds(pids[mode])
                 cell = cells[(path, mode)]
+                cell["cpu"] += cpu_after - cpu_before
                 cell["rps"].append(len(latencies) / seconds)
                 cell["latencies"] += latencies
                 cell["errors"] += errors
@@ -316,15 +330,15 @@ def measure_batching(ports: dict[str, tuple[int, int]], x: np.ndarray, clients: 
     return cells
 
 
-def print_batching(cells: dict[tuple[str, str], dict], features: int, clients: int, seconds: float,
+def print_batching(cells: dict[tuple[str, str], dict], model: str, parameters: str, clients: int, seconds: float,
                    rounds: int) -> None:
-    params = " ".join(line.replace(" { value: ", "=").rstrip(" }") for line in BATCHING_PARAMETERS.splitlines())
-    print(f"\nPredict (batch 1 per request) with {clients} concurrent clients on a {features}-128-10 MLP; "
+    params = " ".join(line.replace(" { value: ", "=").rstrip(" }") for line in parameters.splitlines())
+    print(f"\nPredict (batch 1 per request) with {clients} concurrent clients on a {model} MLP; "
           f"{rounds} rounds x {seconds:g} s per cell, on/off interleaved; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}\nbatching on: {params}\n")
-    print(f"| {'path':<5} | {'batching':<8} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'mean batch':>10} "
-          f"| {'errors':>6} |")
-    print(f"|{'-' * 7}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 8}|")
+    print(f"| {'path':<5} | {'batching':<8} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'server CPU ms/req':>17} "
+          f"| {'mean batch':>10} | {'errors':>6} |")
+    print(f"|{'-' * 7}|{'-' * 10}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 19}|{'-' * 12}|{'-' * 8}|")
     for path in ("gRPC", "REST"):
         figures = {}
         for mode in ("off", "on"):
@@ -333,12 +347,13 @@ def print_batching(cells: dict[tuple[str, str], dict], features: int, clients: i
             rps = statistics.median(cell["rps"])
             p50, p99 = ordered[len(ordered) // 2] * 1e3, ordered[int(0.99 * (len(ordered) - 1))] * 1e3
             batch = cell["rows"] / cell["calls"] if cell["calls"] else 1.0
-            figures[mode] = (rps, p50, p99)
-            print(f"| {path:<5} | {mode:<8} | {rps:>8.0f} | {p50:>7.2f} | {p99:>7.2f} | {batch:>10.1f} "
+            cpu = cell["cpu"] * 1e3 / max(1, len(cell["latencies"]))
+            figures[mode] = (rps, p50, p99, cpu)
+            print(f"| {path:<5} | {mode:<8} | {rps:>8.0f} | {p50:>7.2f} | {p99:>7.2f} | {cpu:>17.3f} | {batch:>10.1f} "
                   f"| {cell['errors']:>6} |")
-        ratio = [figures["on"][i] / figures["off"][i] for i in range(3)]
+        ratio = [figures["on"][i] / figures["off"][i] for i in range(4)]
         print(f"| {path:<5} | {'on / off':<8} | {ratio[0]:>7.2f}x | {ratio[1]:>6.2f}x | {ratio[2]:>6.2f}x "
-              f"| {'':>10} | {'':>6} |")
+              f"| {ratio[3]:>16.2f}x | {'':>10} | {'':>6} |")
 
 
 if __name__ == "__main__":
