@@ -2,7 +2,7 @@
 
     python bench/serving.py [--requests 300] [--features 64]
     python bench/serving.py --batching [--clients 32] [--seconds 8] [--rounds 3] [--features 512]
-                            [--hidden 4096] [--timeout-micros 0]
+                            [--hidden 4096] [--timeout-micros 0] [--batch-threads 1]
 
 Default: one server on free ports with a small MLP built here; a single client thread sends
 requests back to back: Predict latency (batch 1) and throughput (batch 32) over gRPC, through
@@ -110,10 +110,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=None, help="MLP hidden units (128; 4096 with --batching)")
     parser.add_argument("--timeout-micros", type=int, default=0, help="batch_timeout_micros of the batching server")
+    parser.add_argument("--batch-threads", type=int, default=1,
+                        help="num_batch_threads; 1: TensorFlow's own op threads already use every CPU")
     args = parser.parse_args()
     if args.batching:
         compare_batching(args.features or 512, args.hidden or 4096, args.clients, args.seconds, args.rounds,
-                         args.timeout_micros)
+                         args.timeout_micros, args.batch_threads)
         return
     args.features = args.features or 64
 
@@ -193,10 +195,10 @@ def run_all(model_dir: Path, grpc_port: int, rest_port: int, x1: np.ndarray, x32
 
 # --- batching on vs off under concurrent load -----------------------------------------------------
 
-def batching_parameters(timeout_micros: int) -> str:
-    """TF Serving's CPU advice: threads = cores, a batch as large as the clients, timeout 0 first."""
+def batching_parameters(timeout_micros: int, threads: int) -> str:
+    """A batch as large as the clients, timeout 0 (TF Serving's CPU starting point)."""
     return (f"max_batch_size {{ value: 32 }}\nbatch_timeout_micros {{ value: {timeout_micros} }}\n"
-            f"max_enqueued_batches {{ value: 100 }}\nnum_batch_threads {{ value: {os.cpu_count()} }}\n")
+            f"max_enqueued_batches {{ value: 100 }}\nnum_batch_threads {{ value: {threads} }}\n")
 
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -269,9 +271,9 @@ def rest_caller(port: int, x: np.ndarray) -> Callable[[], Call]:
 
 
 def compare_batching(features: int, hidden: int, clients: int, seconds: float, rounds: int,
-                     timeout_micros: int) -> None:
+                     timeout_micros: int, threads: int) -> None:
     x = np.random.default_rng(1).normal(size=(1, features)).astype(np.float32)
-    parameters = batching_parameters(timeout_micros)
+    parameters = batching_parameters(timeout_micros, threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir = build_model(root, features, hidden)
