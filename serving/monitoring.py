@@ -5,15 +5,17 @@
 and the REST port then answers GET <path> with TF Serving's own metric names:
 `:tensorflow:serving:request_count{model_name,status}` and the histogram
 `:tensorflow:serving:request_latency{model_name,API,entrypoint}` (microseconds, TF Serving's
-exponential buckets 10 × 1.8^i). Like TF Serving, the labels name the model, not the version.
-A few dozen lines instead of a client library: two metric kinds, one text format.
+exponential buckets 10 × 1.8^i), and with `--enable_batching` the batching session's
+`:tensorflow:serving:batching_session:*` families (batching.py). Like TF Serving, the labels name
+the model, not the version. A few dozen lines instead of a client library: two metric kinds, one
+text format, laid out as TF Serving's exporter writes it.
 """
 from __future__ import annotations
 
 import bisect
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 LATENCY_BUCKETS_US = [10 * 1.8**i for i in range(33)]

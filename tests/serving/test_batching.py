@@ -9,7 +9,7 @@ metrics, read by a Prometheus scrape like any client's.
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
