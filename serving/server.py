@@ -56,6 +56,9 @@ class ModelServer:
     def start(self) -> tuple[int, int | None]:
         """Read the side files, load the initial models (blocking, as TF Serving does), then
         bind ports."""
+        if self.flags.grpc_max_threads < 1:
+            raise StartupError(f"Failed to start server. Error: --grpc_max_threads must be positive; "
+                               f"was {self.flags.grpc_max_threads}")
         try:
             monitoring_config = (monitoring.read_config(self.flags.monitoring_config_file)
                                  if self.flags.monitoring_config_file else monitoring.MonitoringConfig())

@@ -85,3 +85,10 @@ def test_unknown_flag_is_rejected(launch):
     server = launch(["--no_such_flag=1"], wait=False)
     assert server.wait_exit() != 0
     assert "no_such_flag" in server.output()
+
+
+@only_ours
+def test_grpc_max_threads_must_be_positive(launch, tmp_path):
+    server = launch(["--grpc_max_threads=0", "--model_name=m", f"--model_base_path={tmp_path}"], wait=False)
+    assert server.wait_exit() == 1
+    assert "Failed to start server. Error: --grpc_max_threads must be positive; was 0" in server.output()
