@@ -168,8 +168,9 @@ def _check_queue(options: BatchingOptions) -> None:
 
 
 def _check_allowed_sizes(options: BatchingOptions) -> None:
-    """WrapSessionForBatching / CreateBasicBatchingSession. TF Serving checks the order only when
-    splitting; an unordered list silently pads to the wrong size there, so it is refused always."""
+    """WrapSessionForBatching: the last entry is max_batch_size, splitting or not. TF Serving checks
+    the order only when splitting; an unordered list silently pads to the wrong size there, so it
+    is refused always."""
     sizes = options.allowed_batch_sizes
     if not sizes:
         return
@@ -177,12 +178,9 @@ def _check_allowed_sizes(options: BatchingOptions) -> None:
         raise invalid_argument(f"allowed_batch_sizes entries must be positive; got {list(sizes)}")
     if any(b <= a for a, b in zip(sizes, sizes[1:])):
         raise invalid_argument("allowed_batch_sizes entries must be monotonically increasing")
-    if not options.enable_large_batch_splitting and sizes[-1] != options.max_batch_size:
+    if sizes[-1] != options.max_batch_size:
         raise invalid_argument("Last entry in allowed_batch_sizes must match max_batch_size; last entry was "
                                f"{sizes[-1]}; expected {options.max_batch_size}")
-    if options.enable_large_batch_splitting and sizes[-1] != options.max_execution_batch_size:
-        raise invalid_argument("Last entry in allowed_batch_sizes must be equal to max_execution_batch_size; "
-                               f"last entry was {sizes[-1]}; expected {options.max_execution_batch_size}")
 
 
 def options_from_flags(enable_batching: bool, parameters_file: str) -> BatchingOptions | None:

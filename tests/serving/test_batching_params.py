@@ -54,10 +54,10 @@ def test_tf_servings_own_example_file_and_the_defaults(tmp_path):
 def test_every_field_of_the_message(tmp_path):
     options = read(tmp_path, """
         max_batch_size { value: 16 } batch_timeout_micros { value: 500 } max_enqueued_batches { value: 3 }
-        num_batch_threads { value: 2 } thread_pool_name { value: "pool" } allowed_batch_sizes: [4, 8]
+        num_batch_threads { value: 2 } thread_pool_name { value: "pool" } allowed_batch_sizes: [4, 8, 16]
         pad_variable_length_inputs: true enable_large_batch_splitting { value: true }
         max_execution_batch_size { value: 8 }""")
-    assert options == BatchingOptions(16, 500, 3, 2, "pool", (4, 8), True, True, 8)
+    assert options == BatchingOptions(16, 500, 3, 2, "pool", (4, 8, 16), True, True, 8)
     assert options.execution_batch_size == 8
 
 
@@ -81,8 +81,8 @@ def test_zero_max_enqueued_batches_means_one_as_in_tf_serving(tmp_path):
     ("max_batch_size { value: 4 } enable_large_batch_splitting { value: true } max_execution_batch_size { value: 8 }",
      "max_batch_size must be greater than or equal to max_execution_batch_size"),
     ("max_batch_size { value: 16 } enable_large_batch_splitting { value: true } "
-     "max_execution_batch_size { value: 8 } allowed_batch_sizes: [4, 16]",
-     "Last entry in allowed_batch_sizes must be equal to max_execution_batch_size; last entry was 16; expected 8"),
+     "max_execution_batch_size { value: 8 } allowed_batch_sizes: [4, 8]",
+     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 8; expected 16"),
     ("enable_large_batch_splitting { value: true } max_enqueued_batches { value: 0 }",
      "max_enqueued_batches must be positive; was 0"),
 ])
