@@ -144,7 +144,9 @@ class BatchQueue:
         first = min(limit - self.open.size, size)
         rest = size - first
         pieces = ([first] if first > 0 else []) + [limit] * (rest // limit)
-        return pieces + ([rest % limit] if rest % limit else []) or [size]
+        if rest % limit:
+            pieces.append(rest % limit)
+        return pieces or [size]  # a request of 0 rows is one (empty) piece
 
     def add(self, task: _Task) -> None:
         if self.open.size + task.size > self.options.execution_batch_size:
