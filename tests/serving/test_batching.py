@@ -225,6 +225,7 @@ def test_a_request_larger_than_max_batch_size_is_refused(launch, artifacts, tmp_
     response = rest_predict(server, "toy", rows(0, 5))
     assert response.status_code == 400 and response.json() == {"error": message}
     assert grpc_predict(server, "toy", rows(0, 4))["y"].shape == (4, 2)
+    assert grpc_predict(server, "toy", rows(0, 0))["y"].shape == (0, 2)  # an empty call is run, not left waiting
 
 
 def test_large_batch_splitting_runs_a_big_request_as_several_batches(launch, artifacts, direct, tmp_path):
