@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from google.protobuf import text_format
+from google.protobuf import message, text_format
 from tensorflow_serving.config import model_server_config_pb2 as msc
 
 from .errors import ServingError, failed_precondition, invalid_argument, Code
@@ -47,23 +48,33 @@ def version_policy(config: ModelConfig) -> VersionPolicy:
     return VersionPolicy("latest", num_versions=max(1, num))
 
 
-def parse_text(text: str, source: str = "<string>") -> ModelServerConfig:
-    config = ModelServerConfig()
+Message = TypeVar("Message", bound=message.Message)
+
+
+def parse_text_proto(text: str, message: Message, source: str = "<string>") -> Message:
+    """ParseProtoTextFile(): TF Serving's message, plus the parser's own words on where."""
     try:
-        text_format.Parse(text, config)
+        text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise invalid_argument(f"Invalid protobuf file: '{source}'") from exc
-    return config
+        raise invalid_argument(f"Invalid protobuf file: '{source}': {exc}") from exc
+    return message
 
 
-def read_file(path: str) -> ModelServerConfig:
-    """Read a text-proto ModelServerConfig, failing the way TF Serving does."""
+def read_text_proto(path: str, message: Message) -> Message:
+    """Read a text-proto file, failing the way TF Serving does."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except FileNotFoundError as exc:
         raise ServingError(Code.NOT_FOUND, f"{path}; No such file or directory") from exc
-    return parse_text(text, path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise invalid_argument(f"Cannot read {path}: {exc}") from exc
+    return parse_text_proto(text, message, path)
+
+
+def read_file(path: str) -> ModelServerConfig:
+    """Read a text-proto ModelServerConfig."""
+    return read_text_proto(path, ModelServerConfig())
 
 
 def single_model(name: str, base_path: str) -> ModelServerConfig:

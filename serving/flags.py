@@ -24,11 +24,14 @@ class Flags:
     load_retry_interval_micros: int = 60_000_000
     enable_signature_method_name_check: bool = False
     monitoring_config_file: str = ""  # Prometheus metrics on the REST port (serving/monitoring.py)
+    enable_batching: bool = False
+    batching_parameters_file: str = ""  # text BatchingParameters (serving/batching_params.py)
+    grpc_max_threads: int = 16  # gRPC handler threads (TF Serving: 4 x CPUs)
 
 
-# Real TF Serving flags that only matter on its own runtime (GPU, batching).
+# Real TF Serving flags that only matter on its own runtime (GPU, threads, sessions).
 IGNORED = {
-    "enable_batching", "batching_parameters_file", "per_process_gpu_memory_fraction",
+    "per_process_gpu_memory_fraction",
     "xla_gpu_compilation_enabled", "rest_api_num_threads",
     "rest_api_timeout_in_ms", "tensorflow_session_parallelism",
     "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
@@ -36,7 +39,7 @@ IGNORED = {
     "platform_config_file", "flush_filesystem_caches", "num_load_threads",
     "num_unload_threads", "model_config_file_root_dir", "enable_model_warmup_batching",
 }
-BOOL_IGNORED = {"enable_batching", "xla_gpu_compilation_enabled", "flush_filesystem_caches"}
+BOOL_IGNORED = {"xla_gpu_compilation_enabled", "flush_filesystem_caches"}
 
 
 class FlagError(ValueError):

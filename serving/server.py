@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from . import config as cfg, grpc_service, monitoring, rest, servable, warmup
+from . import batching, batching_params, config as cfg, grpc_service, monitoring, rest, servable, warmup
 from .errors import ServingError
 from .flags import Flags
 from .manager import ManagerOptions, ModelManager
@@ -26,7 +26,8 @@ def initial_config(flags: Flags) -> cfg.ModelServerConfig:
     return cfg.single_model(flags.model_name, flags.model_base_path)
 
 
-def build_manager(flags: Flags) -> ModelManager:
+def build_manager(flags: Flags, scheduler: batching.BatchScheduler | None = None) -> ModelManager:
+    """The manager, loading versions wrapped for batching when a scheduler is given."""
     options = ManagerOptions(
         prefer_tflite=flags.prefer_tflite_model,
         enable_warmup=flags.enable_model_warmup,
@@ -38,31 +39,42 @@ def build_manager(flags: Flags) -> ModelManager:
     def run_warmup(loaded: servable.Servable, version_dir: str) -> None:
         warmup.run_warmup(loaded, version_dir, options.signature_method_name_check)
 
-    return ModelManager(options, loader=servable.load, warmup=run_warmup)
+    loader = servable.load if scheduler is None else batching.batching_loader(servable.load, scheduler)
+    return ModelManager(options, loader=loader, warmup=run_warmup)
 
 
 class ModelServer:
     def __init__(self, flags: Flags) -> None:
         self.flags = flags
-        self.manager = build_manager(flags)
         self.metrics = monitoring.ServingMetrics()
+        self.manager: ModelManager | None = None
+        self.scheduler: batching.BatchScheduler | None = None
         self._stop = threading.Event()
         self._grpc = None
         self._rest = None
 
     def start(self) -> tuple[int, int | None]:
-        """Load the initial models (blocking, as TF Serving does), then bind ports."""
+        """Read the side files, load the initial models (blocking, as TF Serving does), then
+        bind ports."""
+        if self.flags.grpc_max_threads < 1:
+            raise StartupError(f"Failed to start server. Error: --grpc_max_threads must be positive; "
+                               f"was {self.flags.grpc_max_threads}")
         try:
             monitoring_config = (monitoring.read_config(self.flags.monitoring_config_file)
                                  if self.flags.monitoring_config_file else monitoring.MonitoringConfig())
+            batching_options = batching_params.options_from_flags(self.flags.enable_batching,
+                                                                  self.flags.batching_parameters_file)
+            if batching_options is not None:
+                log.info("Batching enabled: %s", batching_options)
+                self.scheduler = batching.BatchScheduler(batching_options, self.metrics)
+            self.manager = build_manager(self.flags, self.scheduler)
             self.manager.reload_config(initial_config(self.flags))
-        except monitoring.MonitoringConfigError as exc:
-            raise StartupError(f"Failed to start server. Error: {exc}") from exc
-        except ServingError as exc:
+        except (monitoring.MonitoringConfigError, ServingError) as exc:
             raise StartupError(f"Failed to start server. Error: {exc}") from exc
         self.manager.start_polling()
         self._start_config_poller()
-        self._grpc, grpc_port = grpc_service.create_server(self.manager, self.flags.port, metrics=self.metrics)
+        self._grpc, grpc_port = grpc_service.create_server(self.manager, self.flags.port, metrics=self.metrics,
+                                                           workers=self.flags.grpc_max_threads)
         self._grpc.start()
         log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", grpc_port)
         rest_port = None
@@ -96,8 +108,11 @@ class ModelServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self.manager.stop()
+        if self.manager is not None:
+            self.manager.stop()
         if self._rest is not None:
             self._rest.shutdown()
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait()
+        if self.scheduler is not None:
+            self.scheduler.stop()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving_contract import Artifacts, ExampleModel, ServerProcess, Toy, warmup_file
+from serving_contract import Artifacts, ExampleModel, Ragged, ServerProcess, Toy, warmup_file
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     shutil.copytree(toy[1], warmup_bad)
     warmup_file(warmup_ok, "x")
     warmup_file(warmup_bad, "no_such_input")
-    return Artifacts(root, toy, examples, tflite_dir / "model.tflite", warmup_ok, warmup_bad)
+    ragged, ragged_module = root / "ragged", Ragged()
+    tf.saved_model.save(ragged_module, str(ragged), signatures={"serving_default": ragged_module.predict})
+    return Artifacts(root, toy, examples, tflite_dir / "model.tflite", warmup_ok, warmup_bad, ragged)
 
 
 @pytest.fixture(scope="session")

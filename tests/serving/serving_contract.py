@@ -30,6 +30,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc)
 
 from tests.processes import free_port
+from tests.prometheus_text import sample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REAL_BINARY = os.environ.get("TF_SERVING_BINARY", "")
@@ -89,6 +90,14 @@ class ExampleModel(tf.Module):
         return {"outputs": 3.0 * x + 1.0}
 
 
+class Ragged(tf.Module):
+    """`serving_default` with a free inner dimension: each row's max, and the width it was run at."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+    def predict(self, x):
+        return {"longest": tf.reduce_max(x, axis=1), "width": tf.fill([tf.shape(x)[0]], tf.shape(x)[1])}
+
+
 @dataclass
 class Artifacts:
     root: Path
@@ -97,6 +106,7 @@ class Artifacts:
     tflite: Path                    # model.tflite of toy scale 1
     warmup_ok: Path                 # toy scale 1 + valid warmup file
     warmup_bad: Path                # toy scale 1 + warmup that cannot run
+    ragged: Path                    # Ragged: input x [None, None]
 
     def place(self, base: Path, version: int, source: Path | None) -> Path:
         """Publish a version the safe way: copy to .tmp-N, then rename()."""
@@ -188,6 +198,15 @@ class ServerProcess:
         return {s.version: (s.state, s.status.error_code, s.status.error_message)
                 for s in response.model_version_status}
 
+    def metrics(self) -> str:
+        """The Prometheus page (the server must run with monitoring_flag())."""
+        response = requests.get(self.rest + METRICS_PATH, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    def metric(self, name: str, **labels: str) -> float:
+        return sample(self.metrics(), name, **labels) or 0.0
+
     def wait_for(self, condition: Callable[[], bool], timeout: float = 60.0,
                  what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
@@ -201,6 +220,16 @@ class ServerProcess:
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what} (last error {last_error})\n"
                              f"{self.output()[-3000:]}")
+
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+
+def monitoring_flag(directory: Path) -> str:
+    """--monitoring_config_file turning TF Serving's Prometheus page on at METRICS_PATH."""
+    config = write_config(directory / "monitoring.config",
+                          f'prometheus_config {{\n  enable: true,\n  path: "{METRICS_PATH}"\n}}\n')
+    return f"--monitoring_config_file={config}"
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -6,19 +6,15 @@ import grpc
 import numpy as np
 import requests
 
-from serving_contract import assert_rpc_error, predict_request, write_config
+from serving_contract import METRICS_PATH as PATH, assert_rpc_error, monitoring_flag, predict_request, write_config
 from tests.prometheus_text import sample
 
 X = np.ones((1, 4), np.float32)
-PATH = "/monitoring/prometheus/metrics"
 
 
 def test_prometheus_endpoint_counts_grpc_and_rest_predictions(launch, artifacts, tmp_path):
     artifacts.place(tmp_path / "toy", 1, artifacts.toy[1])
-    monitoring = write_config(tmp_path / "monitoring.config",
-                              f'prometheus_config {{\n  enable: true,\n  path: "{PATH}"\n}}\n')
-    server = launch(["--model_name=toy", f"--model_base_path={tmp_path / 'toy'}",
-                     f"--monitoring_config_file={monitoring}"])
+    server = launch(["--model_name=toy", f"--model_base_path={tmp_path / 'toy'}", monitoring_flag(tmp_path)])
     for _ in range(3):
         server.predict_stub.Predict(predict_request("toy", X), timeout=30)
     assert_rpc_error(lambda: server.predict_stub.Predict(predict_request("nope", X), timeout=30),

@@ -12,7 +12,7 @@ from serving_contract import assert_rpc_error, only_ours, predict_request, write
 X = np.ones((1, 4), np.float32)
 
 
-def test_single_model_flags_with_ignored_gpu_and_batching_flags(launch, artifacts, tmp_path):
+def test_single_model_flags_with_ignored_gpu_flags_and_batching_off(launch, artifacts, tmp_path):
     artifacts.place(tmp_path / "single", 1, artifacts.toy[1])
     server = launch(["--model_name=single", f"--model_base_path={tmp_path / 'single'}",
                      "--enable_batching=false", "--per_process_gpu_memory_fraction=0.5",
@@ -24,14 +24,16 @@ def test_single_model_flags_with_ignored_gpu_and_batching_flags(launch, artifact
 @only_ours
 def test_space_separated_flags_and_ignored_flag_log(launch, artifacts, tmp_path):
     artifacts.place(tmp_path / "spaced", 3, artifacts.toy[1])
+    parameters = write_config(tmp_path / "batching.txt", "max_batch_size { value: 4 }\n")
     server = launch(["--model_name", "spaced", "--model_base_path", str(tmp_path / "spaced"),
-                     "--enable_batching", "--batching_parameters_file", "/nonexistent",
-                     "--rest_api_num_threads=4"])
+                     "--enable_batching", "--batching_parameters_file", str(parameters),
+                     "--xla_gpu_compilation_enabled", "--rest_api_num_threads=4"])
     response = server.predict_stub.Predict(predict_request("spaced", X), timeout=30)
     assert response.model_spec.version.value == 3
     output = server.output()
-    assert "Ignoring --enable_batching=true" in output
+    assert "Ignoring --xla_gpu_compilation_enabled=true" in output
     assert "Ignoring --rest_api_num_threads=4" in output
+    assert "Batching enabled: BatchingOptions(max_batch_size=4," in output
     assert "Modelyard serving ready: grpc=0.0.0.0:" in output
 
 
@@ -83,3 +85,10 @@ def test_unknown_flag_is_rejected(launch):
     server = launch(["--no_such_flag=1"], wait=False)
     assert server.wait_exit() != 0
     assert "no_such_flag" in server.output()
+
+
+@only_ours
+def test_grpc_max_threads_must_be_positive(launch, tmp_path):
+    server = launch(["--grpc_max_threads=0", "--model_name=m", f"--model_base_path={tmp_path}"], wait=False)
+    assert server.wait_exit() == 1
+    assert "Failed to start server. Error: --grpc_max_threads must be positive; was 0" in server.output()
