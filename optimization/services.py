@@ -25,6 +25,7 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from optimization import budget as budget_mod
+from optimization.errors import OptimizationError
 from optimization.models import OptimizationJob, VersionMetrics
 from registry import audit, datasets as dataset_checks, jsonlimits, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
@@ -39,7 +40,7 @@ def heartbeat_interval() -> float:
     return min(5.0, settings.OPTIMIZATION_HEARTBEAT_TIMEOUT / 3)
 
 
-class JobInputError(RegistryError):
+class JobInputError(OptimizationError):
     code = "invalid_job"
 
 
