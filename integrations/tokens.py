@@ -140,7 +140,7 @@ class ScopedTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(f"Token {token.name!r} expired at {token.expires_at:%Y-%m-%d %H:%M} UTC.")
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("The token's user is inactive.")
-        match = getattr(request._request, "resolver_match", None)
+        match = getattr(request, "resolver_match", None)  # the HttpRequest's, through DRF's Request
         needed = scope_rules.route_scope(match.url_name if match else None, request.method)
         if needed is None or needed not in token.scopes:
             what = f"the {needed!r} scope" if needed else "a password login or a legacy token (no token scope covers it)"

@@ -4,9 +4,8 @@ Everything goes through the official gRPC stubs of `tensorflow-serving-api` (Mod
 GetModelStatus, HandleReloadConfigRequest; PredictionService: Predict, GetModelMetadata), so the
 same code drives `python -m serving` and a real `tensorflow_model_server`. No Django inside.
 
-Every failure is one of the `TFServingError` subclasses below (an `EndpointError`, see
-`releases.errors`), with a message a person can act on (which endpoint, which model and version,
-what the server said).
+Every failure is one of the `TFServingError` subclasses below, with a message a person can act on
+(which endpoint, which model and version, what the server said).
 """
 from __future__ import annotations
 

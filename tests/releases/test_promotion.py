@@ -10,7 +10,6 @@ import pytest
 from optimization.models import VersionMetrics
 from registry.models import AuditEvent
 from releases.models import Endpoint, Environment, Promotion, Release
-from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
