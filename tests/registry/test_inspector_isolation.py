@@ -24,9 +24,8 @@ import requests
 from registry import inspector
 from tests import factories
 from tests.conftest import files_under, upload
+from tests.processes import children_of, free_port, stop
 from tests.registry.conftest import assert_error
-from tests.registry.test_inspector import children_of
-from tests.processes import free_port, stop
 
 REPO = Path(__file__).resolve().parents[2]
 CRASH = re.compile(r"killed by (SIGSEGV|SIGBUS|SIGABRT|SIGILL|SIGFPE)")
