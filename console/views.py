@@ -19,14 +19,16 @@ from rest_framework import exceptions
 
 from console import charts, formatting, selectors
 from optimization import budget, services as optimization
+from optimization.errors import OptimizationError
 from optimization.serializers import JobCreateInput
 from registry import services as registry
 from registry.api_common import exception_handler
-from registry.errors import RegistryError
+from registry.errors import ModelyardError
 from registry.models import Dataset, ModelVersion, RegisteredModel
 from registry.serializers import AliasInput, DatasetCreateInput, ModelCreateInput, VersionCreateInput
 from registry.uploads import StagedFile
 from releases import promotion, services as releases
+from releases.errors import ReleaseError
 from releases.models import Release
 from releases.serializers import CommentInput, DecisionInput, PromoteInput, ReleaseCreateInput
 
@@ -50,7 +52,7 @@ def api_error(exc: Exception) -> tuple[int, str] | None:
 def attempt(action: Callable[[], Any]) -> tuple[Any, tuple[int, str] | None]:
     try:
         return action(), None
-    except (RegistryError, exceptions.APIException) as exc:
+    except (ModelyardError, exceptions.APIException) as exc:
         return None, api_error(exc)
 
 
@@ -206,7 +208,7 @@ def recipe_from_form(post: Any) -> dict[str, Any]:
     try:
         params = json.loads(raw) if raw else {}
     except json.JSONDecodeError as exc:
-        raise RegistryError(f"params: Not valid JSON: {exc}.", code="validation_error") from None
+        raise OptimizationError(f"params: Not valid JSON: {exc}.", code="validation_error") from None
     if kind == "pipeline":
         return {"pipeline": post.get("pipeline", "")}
     if kind == "auto":
@@ -386,7 +388,7 @@ def release_live(request: HttpRequest, release_id: int) -> HttpResponse:
 
 def _rollback(*, release: Release, actor: Any, comment: str) -> Release:
     if not comment.strip():  # the page asks for a reason before a rollback; the audit row keeps it
-        raise RegistryError("A rollback from the console needs a reason.", code="validation_error")
+        raise ReleaseError("A rollback from the console needs a reason.", code="validation_error")
     return promotion.release_rollback(release=release, actor=actor, comment=comment)
 
 

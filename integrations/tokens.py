@@ -19,19 +19,15 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 from integrations import scopes as scope_rules
+from integrations.errors import IntegrationError
 from integrations.models import ApiToken, ServiceAccount
 from registry import audit
-from registry.errors import Conflict, NotFound, RegistryError
+from registry.errors import Conflict, Forbidden, NotFound
 
 PREFIX = "myd_"
 # last_used_at is written at most this often per token: a busy pipeline must not turn every
 # request into a write.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
-
-
-class Forbidden(RegistryError):
-    status_code = 403
-    code = "permission_denied"
 
 
 def hash_secret(secret: str) -> str:
@@ -57,13 +53,13 @@ def token_create(*, actor: AbstractBaseUser, name: str, scopes: list[str], expir
     try:
         clean_scopes = scope_rules.validate(scopes)
     except ValueError as exc:
-        raise RegistryError(str(exc), code="validation_error") from None
+        raise IntegrationError(str(exc), code="validation_error") from None
     if not clean_scopes:
-        raise RegistryError("A token needs at least one scope.", code="validation_error")
+        raise IntegrationError("A token needs at least one scope.", code="validation_error")
     days = expires_in_days or settings.API_TOKEN_DEFAULT_DAYS
     if not 1 <= days <= settings.API_TOKEN_MAX_DAYS:
-        raise RegistryError(f"expires_in_days must be between 1 and {settings.API_TOKEN_MAX_DAYS} "
-                            "(MODELYARD_API_TOKEN_MAX_DAYS).", code="validation_error")
+        raise IntegrationError(f"expires_in_days must be between 1 and {settings.API_TOKEN_MAX_DAYS} "
+                               "(MODELYARD_API_TOKEN_MAX_DAYS).", code="validation_error")
     user = _target_user(actor, username)
     secret = PREFIX + secrets.token_urlsafe(32)
     try:
@@ -144,7 +140,7 @@ class ScopedTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(f"Token {token.name!r} expired at {token.expires_at:%Y-%m-%d %H:%M} UTC.")
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("The token's user is inactive.")
-        match = getattr(request._request, "resolver_match", None)
+        match = getattr(request, "resolver_match", None)  # the HttpRequest's, through DRF's Request
         needed = scope_rules.route_scope(match.url_name if match else None, request.method)
         if needed is None or needed not in token.scopes:
             what = f"the {needed!r} scope" if needed else "a password login or a legacy token (no token scope covers it)"

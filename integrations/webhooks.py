@@ -27,9 +27,10 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
+from integrations.errors import IntegrationError
 from integrations.models import WebhookDelivery, WebhookSubscription
 from registry import audit
-from registry.errors import NotFound, RegistryError
+from registry.errors import NotFound
 from registry.models import AuditEvent, RegisteredModel
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ EVENTS = sorted(set(AUDIT_EVENTS.values()))
 SIGNATURE_HEADER = "X-Modelyard-Signature"
 
 
-class InvalidTarget(RegistryError):
+class InvalidTarget(IntegrationError):
     code = "invalid_webhook_url"
 
 
@@ -89,8 +90,8 @@ def check_url(url: str) -> None:
 def _check_events(events: list[str]) -> list[str]:
     unknown = sorted(set(events) - set(EVENTS))
     if unknown or not events:
-        raise RegistryError(f"Unknown or missing events {unknown}; choose from {', '.join(EVENTS)}.",
-                            code="validation_error")
+        raise IntegrationError(f"Unknown or missing events {unknown}; choose from {', '.join(EVENTS)}.",
+                               code="validation_error")
     return sorted(set(events))
 
 

@@ -12,7 +12,7 @@ from django.utils.html import format_html
 from optimization import services
 from optimization.models import OptimizationJob
 from registry.admin import ModelVersionAdmin, NoSaveButtonsMixin
-from registry.errors import RegistryError
+from registry.errors import ModelyardError
 from registry.models import ModelVersion
 
 
@@ -57,7 +57,7 @@ class OptimizationJobAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
         for job in queryset:
             try:
                 services.job_cancel(job=job, actor=request.user)
-            except RegistryError as exc:
+            except ModelyardError as exc:
                 self.message_user(request, f"Job {job.pk}: {exc.message}", messages.WARNING)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -85,7 +85,7 @@ class MeasurableModelVersionAdmin(ModelVersionAdmin):
             try:
                 job = services.job_create(source=version, recipe={"technique": services.MEASURE},
                                           actor=request.user)
-            except RegistryError as exc:
+            except ModelyardError as exc:
                 self.message_user(request, f"{version}: {exc.message}", messages.WARNING)
             else:
                 self.message_user(request, f"{version}: measurement job {job.pk} queued.", messages.SUCCESS)

@@ -26,7 +26,7 @@ from optimization.models import OptimizationJob
 from optimization.passes import parse_recipe
 from optimization.passes.base import Arrays, Cancelled, ModelHandle, PassContext, PassError
 from registry import archives, datasets as dataset_checks, inspection, services as registry
-from registry.errors import RegistryError
+from registry.errors import ModelyardError
 from registry.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class JobRunner:
         except Cancelled as exc:
             self.log(f"cancelled: {exc}")
             services.job_finish_failed(self.job, error=f"Cancelled at stage '{self.stage}'.", cancelled=True)
-        except (PassError, RegistryError, ValueError) as exc:
+        except (PassError, ModelyardError, ValueError) as exc:
             message = getattr(exc, "message", None) or str(exc)
             self.log(f"failed at {self.stage}: {message}")
             services.job_finish_failed(self.job, error=f"{self.stage}: {message}")
@@ -224,7 +224,7 @@ class JobRunner:
                 self.log(f"candidate {cand['label']}: {_summary(entry['metrics'])}")
             except Cancelled:
                 raise
-            except (PassError, ValueError, RegistryError) as exc:
+            except (PassError, ValueError, ModelyardError) as exc:
                 entry["error"] = getattr(exc, "message", None) or str(exc)
                 self.log(f"candidate {cand['label']} failed: {entry['error']}")
             results.append(entry)

@@ -27,6 +27,7 @@ from django.utils import timezone
 from optimization import budget as budget_mod
 from config import tracing
 from metrics import services as measurements
+from optimization.errors import OptimizationError
 from optimization.models import OptimizationJob
 from registry import audit, datasets as dataset_checks, jsonlimits, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
@@ -41,7 +42,7 @@ def heartbeat_interval() -> float:
     return min(5.0, settings.OPTIMIZATION_HEARTBEAT_TIMEOUT / 3)
 
 
-class JobInputError(RegistryError):
+class JobInputError(OptimizationError):
     code = "invalid_job"
 
 

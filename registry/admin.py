@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from registry import jsonlimits, services
-from registry.errors import RegistryError
+from registry.errors import ModelyardError
 from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
 from registry.uploads import StagedFile
 
@@ -70,7 +70,7 @@ class ServiceForm(forms.ModelForm):
         if not self.errors:
             try:
                 self.result = self.run_service()
-            except RegistryError as exc:
+            except ModelyardError as exc:
                 raise forms.ValidationError(exc.message, code=exc.code) from exc
         return data
 

@@ -13,7 +13,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from registry.errors import RegistryError
+from registry.errors import ModelyardError
 from registry.requestid import request_id
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,11 @@ def server_error_body(request: HttpRequest | None, exc: BaseException | None, *,
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """Turn every exception an API view raises into ``{"error": {"code", "message"[, "details"]}}``:
-    domain errors, DRF's, Django's refusals of a request, and (as a logged 500 carrying the request
-    id) anything unexpected."""
+    domain errors (every app's, by their ``status_code``/``code``/``message``/``details``), DRF's,
+    Django's refusals of a request, and (as a logged 500 carrying the request id) anything
+    unexpected."""
     request = context.get("request")
-    if isinstance(exc, RegistryError):
+    if isinstance(exc, ModelyardError):
         if exc.status_code >= 500:
             body = server_error_body(request, exc, code=exc.code, message=exc.message)
             return Response(body, status=exc.status_code)

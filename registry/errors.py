@@ -1,11 +1,24 @@
-"""Domain errors. Each carries an HTTP status and a stable machine-readable code; the API's
-exception handler turns any of them into ``{"error": {"code": ..., "message": ...}}``."""
+"""Domain errors, the bottom layer of every app's errors.
+
+``ModelyardError`` carries an HTTP status (``status_code``), a stable machine-readable ``code``, a
+``message`` a person can act on and optional ``details``. The API's exception handler
+(``registry.api_common.exception_handler``) is the one place that turns any of them into
+``{"error": {"code": ..., "message": ...}}`` with that status, by these attributes alone; the console
+pages and the admin show the same message.
+
+Each app has its own base: ``RegistryError`` (below), ``optimization.errors.OptimizationError``,
+``releases.errors.ReleaseError`` (with ``EndpointError`` and ``DockerEngineError`` for what
+serving endpoints and the Docker engine do), ``integrations.errors.IntegrationError``. The kinds
+every app answers with (``NotFound``, ``Conflict``, ``Forbidden``) are here. This module imports
+nothing of the project and no Django, so every app, and the Django-free ``releases/deploy``, may
+build on it.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 
-class RegistryError(Exception):
+class ModelyardError(Exception):
     status_code = 400
     code = "invalid_request"
 
@@ -15,6 +28,27 @@ class RegistryError(Exception):
         if code:
             self.code = code
         self.details = details
+
+
+class NotFound(ModelyardError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ModelyardError):
+    status_code = 409
+    code = "conflict"
+
+
+class Forbidden(ModelyardError):
+    """The actor may not do this (a rule beyond the view's model permission: four eyes, operators)."""
+
+    status_code = 403
+    code = "permission_denied"
+
+
+class RegistryError(ModelyardError):
+    """Models, versions, artifacts, datasets and aliases: what the registry refuses."""
 
 
 class UnsafeArchive(RegistryError):
@@ -56,16 +90,6 @@ class DatasetMismatch(RegistryError):
 class TooLarge(RegistryError):
     status_code = 413
     code = "too_large"
-
-
-class NotFound(RegistryError):
-    status_code = 404
-    code = "not_found"
-
-
-class Conflict(RegistryError):
-    status_code = 409
-    code = "conflict"
 
 
 class IntegrityFailure(RegistryError):

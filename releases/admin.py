@@ -13,7 +13,7 @@ from django.shortcuts import render
 from django.utils.html import format_html, format_html_join
 
 from registry.admin import NoSaveButtonsMixin
-from registry.errors import RegistryError
+from registry.errors import ModelyardError
 from registry.models import AuditEvent
 from releases import promotion, services
 from releases.models import Approval, Endpoint, Environment, Promotion, Release, ReleasePolicy
@@ -98,7 +98,7 @@ class ReleaseAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
                             services.release_reject(release=release, actor=request.user,
                                                     comment=form.cleaned_data["comment"])
                         self.message_user(request, f"Release {release.pk}: {decision}d.")
-                    except RegistryError as exc:
+                    except ModelyardError as exc:
                         self.message_user(request, f"Release {release.pk}: {exc.message}", messages.ERROR)
                 return None
         else:
@@ -122,7 +122,7 @@ class ReleaseAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
             try:
                 call(release)
                 self.message_user(request, f"Release {release.pk}: {verb}.")
-            except RegistryError as exc:
+            except ModelyardError as exc:
                 self.message_user(request, f"Release {release.pk}: {exc.message}", messages.ERROR)
 
     @admin.action(description="Submit selected releases (evaluate gates)", permissions=["change"])
@@ -179,7 +179,7 @@ class EndpointForm(forms.ModelForm):
         candidate = copy.copy(self.instance)  # the form's values; the checks store resolved paths on it
         try:
             promotion.validate_endpoint(candidate)
-        except RegistryError as exc:
+        except ModelyardError as exc:
             field = (exc.details or {}).get("field", "").split(".")[0].split("[")[0]
             self.add_error(field if field in self.fields else None, exc.message)
 

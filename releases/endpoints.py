@@ -18,8 +18,8 @@ from typing import Any
 
 from django.conf import settings
 
-from registry.errors import RegistryError
 from registry.models import slug_validator
+from releases.errors import ReleaseError
 
 DEFAULT_CONFIG_NAME = "models.config"
 MAX_MOUNTS = 32
@@ -29,7 +29,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _MODEL_NAME = re.compile(slug_validator.regex.pattern)
 
 
-class EndpointRefused(RegistryError):
+class EndpointRefused(ReleaseError):
     """An endpoint field names something the operator did not allow (400, names the field)."""
 
     code = "validation_error"

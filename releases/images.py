@@ -55,6 +55,8 @@ from typing import Any, BinaryIO, TypeVar
 import docker
 import requests
 
+from releases.errors import DockerEngineError
+
 MODELS_ROOT = "/models"
 MODELS_CONFIG = "models.config"
 BATCHING_FILE = "batching_parameters.txt"
@@ -74,15 +76,10 @@ BATCHING_KEYS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches
 LogFn = Callable[[str], None]
 
 
-class ImageBuildError(Exception):
+class ImageBuildError(DockerEngineError):
     """Building, pushing or verifying an image failed. ``retryable``: the same call may work
     later (engine or registry unreachable, transient registry errors); otherwise the spec or the
     configuration has to change first."""
-
-    def __init__(self, message: str, retryable: bool = False):
-        super().__init__(message)
-        self.message = message
-        self.retryable = retryable
 
 
 @dataclass

@@ -21,13 +21,14 @@ from django.utils import timezone
 
 from metrics.models import VersionMetrics
 from registry import audit, services as registry
-from registry.errors import Conflict, NotFound, RegistryError
+from registry.errors import Conflict, Forbidden, ModelyardError, NotFound
 from registry.models import ModelVersion
 from releases import deploy, endpoints, gates
 from releases.deploy.repository_engine import PromotionFailed
+from releases.errors import DockerEngineError, EndpointError, ReleaseError
 from releases.models import Endpoint, Promotion, Release
-from releases.services import Forbidden, InvalidTransition, transition, release_fail
-from releases.tfserving import TFServingClient, TFServingError
+from releases.services import InvalidTransition, transition, release_fail
+from releases.tfserving import TFServingClient
 
 log = logging.getLogger(__name__)
 DEFAULT_CANARY_WEIGHT = 10
@@ -47,8 +48,8 @@ def get_endpoint(name: str) -> Endpoint:
 def target_endpoints(release: Release, endpoint: Endpoint | None) -> list[Endpoint]:
     if endpoint is not None:
         if endpoint.environment_id != release.environment_id:
-            raise RegistryError(f"Endpoint {endpoint.name!r} belongs to {endpoint.environment.name}, not "
-                                f"{release.environment.name}.", code="wrong_environment")
+            raise ReleaseError(f"Endpoint {endpoint.name!r} belongs to {endpoint.environment.name}, not "
+                               f"{release.environment.name}.", code="wrong_environment")
         return [endpoint]
     endpoints = list(Endpoint.objects.filter(environment=release.environment))
     if not endpoints:
@@ -136,8 +137,8 @@ def validate_endpoint(endpoint: Endpoint) -> None:
     try:
         endpoint.full_clean(exclude=["reachable"])  # unknown until the first health check
     except ValidationError as exc:
-        raise RegistryError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items()),
-                            code="validation_error") from exc
+        raise ReleaseError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items()),
+                           code="validation_error") from exc
 
 
 @transaction.atomic
@@ -168,7 +169,7 @@ def endpoint_update(*, actor: AbstractBaseUser | None, endpoint: Endpoint, **cha
     require_operator(actor)
     unknown = sorted(set(changes) - set(ENDPOINT_FIELDS))
     if unknown:
-        raise RegistryError(f"Endpoint fields {unknown} cannot be changed.", code="validation_error")
+        raise ReleaseError(f"Endpoint fields {unknown} cannot be changed.", code="validation_error")
     endpoint = Endpoint.objects.select_for_update().select_related("environment").get(pk=endpoint.pk)
     before = _audit_view(endpoint)
     for field, value in changes.items():
@@ -205,7 +206,7 @@ def release_promote_request(*, release: Release, actor: AbstractBaseUser | None,
         raise InvalidTransition(f"Release {release.pk} failed at {release.failure_step or 'an earlier step'}; "
                                 "only a failed promotion can be retried.", details={"state": release.state})
     if not 1 <= weight <= 100:
-        raise RegistryError(f"weight must be between 1 and 100 (%), got {weight}.", code="validation_error")
+        raise ReleaseError(f"weight must be between 1 and 100 (%), got {weight}.", code="validation_error")
     endpoints = target_endpoints(release, endpoint)
     allowed = [ReleaseState.IMAGE_READY, ReleaseState.FAILED]
     if not release.environment.build_image:  # no image: only endpoints that take the SavedModel
@@ -250,7 +251,7 @@ def release_promote_run(*, release_id: int) -> None:
         try:
             _promote_one(release, promotion)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `promoting`
-            if not isinstance(exc, (TFServingError, RegistryError, OSError)):
+            if not isinstance(exc, (ModelyardError, OSError)):
                 log.exception("promotion of release %s to %s failed", release.pk, promotion.endpoint.name)
             step = getattr(exc, "step", "prepare")
             reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
@@ -273,7 +274,7 @@ def _retryable(exc: BaseException) -> bool:
     """A server or engine that may answer later, not a refusal that needs a change."""
     if isinstance(exc, PromotionFailed) and isinstance(exc.__cause__, ValueError):
         return False
-    return isinstance(exc, (TFServingError, OSError))
+    return isinstance(exc, (EndpointError, DockerEngineError, OSError))
 
 
 def _supersede_previous(release: Release) -> None:

@@ -15,9 +15,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry import audit
-from registry.errors import Conflict, NotFound, RegistryError
+from registry.errors import Conflict, Forbidden, NotFound
 from registry.models import ModelVersion
 from releases import gates
+from releases.errors import ReleaseError
 from releases.models import Approval, Environment, Release
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,6 @@ ReleaseState = Release.State
 
 class InvalidTransition(Conflict):
     code = "invalid_transition"
-
-
-class Forbidden(RegistryError):
-    status_code = 403
-    code = "permission_denied"
 
 
 def transition(release: Release, *, to: str, allowed_from: Iterable[str], actor: Any, action: str,
@@ -75,11 +71,11 @@ def check_servable(version: ModelVersion, environment: Environment) -> None:
     if version.format == ModelVersion.Format.TFLITE and environment.prefer_tflite:
         return
     if version.format == ModelVersion.Format.TFLITE:
-        raise RegistryError(
+        raise ReleaseError(
             f"Version {version.number} is a TFLite model; environment {environment.name!r} does not serve TFLite "
             "(its profile has prefer_tflite off). Release a SavedModel, or enable prefer_tflite.",
             code="not_servable")
-    raise RegistryError(
+    raise ReleaseError(
         f"Version {version.number} is a Keras file, which TF Serving cannot serve. Register a SavedModel export "
         "(model.save(dir, save_format='tf'), zipped) and release that.", code="not_servable")
 
@@ -151,7 +147,7 @@ def _approve(release: Release, *, actor: AbstractBaseUser | None, comment: str, 
 def release_approve(*, release: Release, actor: AbstractBaseUser, comment: str, override_reason: str = "") -> Release:
     _check_approver(release, actor)
     if not comment.strip():
-        raise RegistryError("An approval needs a comment.", code="validation_error")
+        raise ReleaseError("An approval needs a comment.", code="validation_error")
     release.refresh_from_db()
     if release.gates_passed is False and not override_reason.strip():
         failing = "; ".join(g["message"] for g in release.gates if not g["passed"])
@@ -164,7 +160,7 @@ def release_approve(*, release: Release, actor: AbstractBaseUser, comment: str, 
 def release_reject(*, release: Release, actor: AbstractBaseUser, comment: str) -> Release:
     _check_approver(release, actor)
     if not comment.strip():
-        raise RegistryError("A rejection needs a comment saying why.", code="validation_error")
+        raise ReleaseError("A rejection needs a comment saying why.", code="validation_error")
     release = transition(release, to=ReleaseState.REJECTED, allowed_from=[ReleaseState.PENDING_APPROVAL], actor=actor,
                     action="release.reject", verb="rejected", comment=comment,
                     fields={"decided_at": timezone.now()})

@@ -21,6 +21,8 @@ import numpy as np
 import requests
 from tensorflow_serving.config import model_server_config_pb2  # plain protobuf, no TensorFlow
 
+from releases.errors import EndpointError
+
 # TensorFlow and the gRPC stubs of tensorflow_serving.apis (whose messages embed TensorFlow's
 # protos, so importing any of them loads the whole tensorflow package) are imported inside the
 # functions that use them: importing this module — every web process does, through the admin —
@@ -37,12 +39,8 @@ _UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE,)
 
 # --- errors ------------------------------------------------------------------------------------
 
-class TFServingError(Exception):
-    """Base of every error this module (and the promotion engine) raises."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class TFServingError(EndpointError):
+    """Base of every error this module raises: the TF Serving protocol's failures."""
 
 
 class EndpointUnreachable(TFServingError):
@@ -58,19 +56,19 @@ class ServingTimeout(TFServingError):
 
 
 class ReloadRefused(TFServingError):
-    """HandleReloadConfigRequest returned a non-OK status; `code` is the gRPC status name."""
+    """HandleReloadConfigRequest returned a non-OK status; `grpc_code` is the gRPC status name."""
 
-    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+    def __init__(self, message: str, grpc_code: str = "UNKNOWN") -> None:
         super().__init__(message)
-        self.code = code
+        self.grpc_code = grpc_code
 
 
 class RequestFailed(TFServingError):
     """Predict / GetModelMetadata / GetModelStatus returned an error status."""
 
-    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+    def __init__(self, message: str, grpc_code: str = "UNKNOWN") -> None:
         super().__init__(message)
-        self.code = code
+        self.grpc_code = grpc_code
 
 
 class WrongAnswers(TFServingError):
@@ -160,7 +158,7 @@ class TFServingClient:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return ServingTimeout(f"{what} at {self.grpc_target} did not answer in time: {details}")
         return RequestFailed(f"{what} at {self.grpc_target} failed with {code.name}: {details}",
-                             code=code.name)
+                             grpc_code=code.name)
 
     # -- ModelService --
 
@@ -215,7 +213,7 @@ class TFServingClient:
             error = self._rpc_error(exc, "HandleReloadConfigRequest")
             if isinstance(error, RequestFailed):
                 raise ReloadRefused(f"TF Serving at {self.grpc_target} refused the new model "
-                                    f"config ({error.code}): {exc.details()}", error.code) from None
+                                    f"config ({error.grpc_code}): {exc.details()}", error.grpc_code) from None
             raise error from None
         if response.status.error_code != 0:
             code = _code_name(response.status.error_code)

@@ -1,16 +1,22 @@
 """Shared fixtures: personas (alice the engineer, bob the approver, charlie the outsider), a
-private storage root per test, and real model artifacts built once per session."""
+private storage root per test, real model artifacts, tiny SavedModels and the digits model with
+its datasets built once per session, tasks run at once, a real task worker. The fixtures with real model servers and the Docker engine
+are plugins listed below (``pytest_plugins``): every test module finds them without importing."""
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tests import factories  # noqa: E402
+
+pytest_plugins = ["tests.releases.serving_fixtures", "tests.releases.container_fixtures"]
 
 PASSWORD = "correct-horse-battery"
 
@@ -32,15 +38,11 @@ def storage_root(settings, tmp_path_factory) -> Iterator[Path]:  # type: ignore[
     (root / "tmp").mkdir()
     settings.ROUTES_DIR = tmp_path_factory.mktemp("routes")  # docker endpoints' route files
     settings.SERVING_ROOTS = [str(tmp_path_factory.mktemp("serving"))]  # where endpoints' repositories may lie
-    from django.core.files.storage import storages
-
+    # Changing STORAGES drops Django's cached storage objects (its setting_changed receiver), here
+    # and again when the settings fixture restores it.
     settings.STORAGES = {**settings.STORAGES, "artifacts": {
         "BACKEND": "registry.blobstore.BlobStorage", "OPTIONS": {"location": str(root / "blobs")}}}
-    storages._storages.pop("artifacts", None)
-    storages._backends = None
     yield root
-    storages._storages.pop("artifacts", None)
-    storages._backends = None
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +149,74 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-d
         "lambda_h5": factories.save_keras(base / "lambda.h5", factories.lambda_model()),
         "lambda_keras": factories.save_keras(base / "lambda.keras", factories.lambda_model()),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> factories.Models:  # type: ignore[no-untyped-def]
+    """The tiny SavedModels (x [None, 4] -> y [None, 2]; see ``factories.tiny_models``) that
+    endpoints, routers, containers and images are tested with, built once."""
+    return factories.tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture
+def immediate(settings):  # type: ignore[no-untyped-def]
+    """Tasks run at once, in the test's own process (django-tasks' immediate backend)."""
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
+                                  "QUEUES": settings.TASKS["default"]["QUEUES"]}}
+
+
+@pytest.fixture
+def worker(storage_root, tmp_path):  # type: ignore[no-untyped-def]
+    """A real task worker (``manage.py db_worker``) on the test database; yields the Popen."""
+    from tests.processes import start_worker, stop
+
+    proc = start_worker(storage_root=storage_root, log_path=tmp_path / "worker.log",
+                        MODELYARD_JOB_HEARTBEAT_TIMEOUT="3")
+    yield proc
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def digits_files(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped-def]
+    """scikit-learn's digits: a trained tf_keras classifier (zipped SavedModel and TFLite) and its
+    train/eval/calibration datasets, plus a train set with impossible labels; built once."""
+    from tests.optimization import tiny
+
+    base = tmp_path_factory.mktemp("digits")
+    data = tiny.digits()
+    model = tiny.classifier(data, epochs=5)
+    model.save(str(base / "sm"), save_format="tf")
+    archive = base / "digits.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted((base / "sm").rglob("*")):
+            zf.write(path, str(path.relative_to(base / "sm")))
+    files = {"model": archive}
+    for role, arrays in (("train", data.train), ("eval", data.eval), ("calibration", data.calibration)):
+        files[role] = base / f"{role}.npz"
+        np.savez(files[role], x=arrays.x, y=arrays.y)
+    bad = base / "bad-train.npz"
+    np.savez(bad, x=data.train.x[:200], y=np.full(200, 50, dtype="int64"))  # labels 50 for 10 classes
+    files["bad_train"] = bad
+    tflite = base / "digits.tflite"
+    import tensorflow as tf
+
+    tflite.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    files["tflite"] = tflite
+    return files
+
+
+@pytest.fixture
+def digits_model(alice, digits_files):  # type: ignore[no-untyped-def]
+    """Model 'digits' v1 (SavedModel written by tf_keras) with train/eval/calibration datasets."""
+    from registry import services
+    from registry.uploads import StagedFile
+
+    model = services.model_create(name="digits", owner=alice, task="classification")
+    version = services.version_create(model=model, staged=StagedFile.from_path(digits_files["model"]), actor=alice)
+    datasets = {role: services.dataset_create(model=model, staged=StagedFile.from_path(digits_files[role]),
+                                              role=role, actor=alice, check_version=version)
+                for role in ("train", "eval", "calibration")}
+    return version, datasets
 
 
 @pytest.fixture

@@ -7,21 +7,68 @@ import io
 import os
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
-def tiny_keras_model(input_dim: int = 8, classes: int = 3, seed: int = 0):  # type: ignore[no-untyped-def]
+def tiny_keras_model(input_dim: int = 8, classes: int = 3, seed: int = 0, *, input_name: str = "features",
+                     output_name: str = "probs", hidden: int = 16,
+                     activation: str | None = "softmax"):  # type: ignore[no-untyped-def]
+    """The tests' one tiny model: ``input_name`` float32 [None, input_dim] → a ReLU layer of
+    ``hidden`` units → ``output_name`` [None, classes]."""
     import tf_keras as keras
 
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(input_dim,), name="features")
-    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
-    outputs = keras.layers.Dense(classes, activation="softmax", name="probs")(hidden)
+    inputs = keras.Input(shape=(input_dim,), name=input_name)
+    hidden_units = keras.layers.Dense(hidden, activation="relu", name="hidden")(inputs)
+    outputs = keras.layers.Dense(classes, activation=activation, name=output_name)(hidden_units)
     return keras.Model(inputs, outputs, name="tiny")
+
+
+@dataclass
+class Models:
+    """SavedModels with serving_default x: float32[None, 4] -> y: float32[None, 2].
+
+    `a`, `b`, `c` are the same architecture with different weights; `renamed` calls its input
+    "features" instead of "x"; `corrupt` has a saved_model.pb that is not a SavedModel;
+    `samples[k]` are answers computed by calling Keras model k directly (what a server must
+    reproduce).
+    """
+
+    root: Path
+    paths: dict[str, Path]
+    samples: dict[str, dict[str, Any]]
+
+    def __getitem__(self, key: str) -> Path:
+        return self.paths[key]
+
+
+def tiny_models(root: Path) -> Models:
+    """The tiny SavedModels that endpoints, routers, containers and images are tested with (the
+    session fixture ``tiny_models`` builds them once)."""
+    def model(seed: int, input_name: str = "x"):  # type: ignore[no-untyped-def]
+        return tiny_keras_model(4, 2, seed, input_name=input_name, output_name="y", hidden=3, activation=None)
+
+    x = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0], [-3.0, 0.0, 0.5, 2.0]], np.float32)
+    paths: dict[str, Path] = {}
+    samples: dict[str, dict[str, Any]] = {}
+    for key, seed in (("a", 1), ("b", 2), ("c", 3)):
+        keras_model = model(seed)
+        paths[key] = save_saved_model(root / key, keras_model)
+        samples[key] = {"inputs": x.tolist(), "outputs": keras_model(x).numpy().tolist(),
+                        "input_name": "x", "output_name": "y", "dtype": "float32"}
+    # Same weights as `a`, but the input is called "features": a signature clients would break on.
+    paths["renamed"] = save_saved_model(root / "renamed", model(1, input_name="features"))
+    corrupt = root / "corrupt"
+    (corrupt / "variables").mkdir(parents=True)
+    (corrupt / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+    paths["corrupt"] = corrupt
+    return Models(root, paths, samples)
 
 
 def save_saved_model(directory: Path, model=None) -> Path:  # type: ignore[no-untyped-def]

@@ -85,6 +85,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid``, from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(p) for p in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return sorted(found)
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (on 127.0.0.1)."""
     with socket.socket() as sock:

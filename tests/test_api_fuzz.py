@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import requests
 from schemathesis.failure_codes import get_failure_class
 
 from tests import factories
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -56,12 +56,6 @@ class LiveApp:
                                     timeout=120, **kwargs)
         assert response.status_code < 300, (method, path, response.status_code, response.text[:2000])
         return response
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
@@ -113,7 +107,7 @@ def live_app(tmp_path_factory, artifacts) -> Iterator[LiveApp]:  # type: ignore[
     _manage(env, "migrate", "--noinput")
     _manage(env, "createsuperuser", "--noinput")
     token = re.search(r"Generated token (\w+)", _manage(env, "drf_create_token", "fuzz")).group(1)  # type: ignore[union-attr]
-    port = _free_port()
+    port = free_port()
     log = var / "server.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(

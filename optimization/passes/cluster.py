@@ -11,7 +11,8 @@ from .base import ModelHandle, Pass, PassContext, PassError
 INITS = ("linear", "kmeans_plus_plus", "density_based", "random")
 
 
-def _cluster_fn(preserve_sparsity: bool) -> Any:
+def cluster_fn(preserve_sparsity: bool) -> Any:
+    """tfmot's ``cluster_weights``, or its sparsity-preserving variant."""
     tfmot = c.tfmot()
     if not preserve_sparsity:
         return tfmot.clustering.keras.cluster_weights
@@ -57,7 +58,7 @@ class Cluster(Pass):
         work = c.fresh_copy(source)
         zeros_before = sum(int(np.sum(v == 0)) for _, v in c.kernel_weights(work))
         try:
-            clustered = _cluster_fn(params["preserve_sparsity"])(
+            clustered = cluster_fn(params["preserve_sparsity"])(
                 work, number_of_clusters=params["number_of_clusters"], cluster_centroids_init=init)
         except ValueError as exc:
             raise PassError(f"{self.name}: tfmot cannot cluster this model: {exc}") from exc

@@ -40,9 +40,9 @@ import requests
 from releases import images
 from releases.deploy.repository_engine import (
     OnStep, PromotionFailed, Samples, Reporter, check_answers, check_signature)
+from releases.errors import DockerEngineError
 from releases.tfserving import (
-    AVAILABLE, EndpointUnreachable, LoadFailed, ServingTimeout, TFServingClient, TFServingError,
-    VersionNotLoaded)
+    AVAILABLE, EndpointUnreachable, LoadFailed, ServingTimeout, TFServingClient, VersionNotLoaded)
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,12 @@ _NAME_OK = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 # --- errors ------------------------------------------------------------------------------------
 
-class ContainerError(TFServingError):
+class ContainerError(DockerEngineError):
     """The Docker engine is unreachable or refused an operation. ``retryable``: the same call may
     work later (engine down, 5xx) rather than needing a change (bad image, GPU not available)."""
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
-
-class ContainerExited(TFServingError):
+class ContainerExited(DockerEngineError):
     """The new container stopped (or was restarted by its restart policy) before serving."""
 
     def __init__(self, message: str, logs: str = "") -> None:
@@ -77,7 +73,7 @@ class ContainerExited(TFServingError):
         self.logs = logs
 
 
-class PortInUse(TFServingError):
+class PortInUse(DockerEngineError):
     """A port the new container should listen on (host networking) is already taken."""
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from releases.deploy import repository_engine as engine
 from releases.deploy.base import EndpointDriver, Health, NeedsRestage, OnStep, Outcome, register
-from releases.tfserving import TFServingClient, TFServingError
+from releases.errors import EndpointError
+from releases.tfserving import TFServingClient
 
 
 @register
@@ -59,7 +60,7 @@ class ModelRepositoryDriver(EndpointDriver):
             return Health(True, error="config unreadable")
         except engine.ConfigError:
             return Health(True, error="config invalid")
-        except TFServingError as exc:
+        except EndpointError as exc:
             return Health(True, error=str(exc))
         except OSError as exc:
             return Health(True, error=f"repository unreadable ({type(exc).__name__})")

@@ -49,10 +49,10 @@ from google.protobuf import text_format
 
 from releases.deploy import signatures
 from releases.deploy.durable import NotARegularFile, file_lock, fsync_dir, write_text_atomically
+from releases.errors import EndpointError
 from releases.tfserving import (
     AVAILABLE, END, EndpointUnreachable, LoadFailed, ModelServerConfig, ReloadRefused,
-    ServingTimeout, SignatureMismatch, TFServingClient, TFServingError, VersionNotLoaded,
-    WrongAnswers)
+    ServingTimeout, SignatureMismatch, TFServingClient, VersionNotLoaded, WrongAnswers)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ OnStep = Callable[[str, str], None]
 
 # --- errors ------------------------------------------------------------------------------------
 
-class ConfigError(TFServingError):
+class ConfigError(EndpointError):
     """models.config is not a valid ModelServerConfig. Messages never quote the file: it may be
     any file an endpoint was pointed at, and they reach health_error and the audit log."""
 
@@ -80,7 +80,7 @@ class ConfigUnreadable(ConfigError):
     """models.config cannot be read (not a regular file, too large, not UTF-8, no permission)."""
 
 
-class StagingError(TFServingError):
+class StagingError(EndpointError):
     """The SavedModel could not be placed in the model repository."""
 
 
@@ -92,11 +92,11 @@ class ArtifactMismatch(StagingError):
     """The SavedModel directory does not hash to the expected digest."""
 
 
-class RetireRefused(TFServingError):
+class RetireRefused(EndpointError):
     """retire() was asked to drop a version that a label still points at."""
 
 
-class PromotionFailed(TFServingError):
+class PromotionFailed(EndpointError):
     """A promotion stopped at `step` because of `reason`; the previous config was restored if `restored`."""
 
     def __init__(self, step: str, reason: BaseException, *, model_name: str = "", version: int | None = None,
@@ -577,7 +577,7 @@ def promote(endpoint: RepositoryEndpoint, *, model_name: str, version: int, save
     Steps, each reported as on_step(step, message):
       lock, check, [pin], stage, load, available, validate, promote | hold, [clean], done
     and on failure: restore, failed; then PromotionFailed(step, reason) is raised (step = where it
-    stopped, reason = the TFServingError/OSError behind it).
+    stopped, reason = the EndpointError/OSError behind it).
     `deadline_s` bounds the whole promotion once the lock is held (loading included).
     With `delete_retired`, directories of versions the final policy no longer serves are deleted
     once the server has let go of them (step `clean`, only reported when something was deleted).

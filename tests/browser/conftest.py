@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import ENGINEER_PERMS, PASSWORD, make_user, missing
-from tests.optimization.conftest import digits_files  # noqa: F401  (session fixture: real model + datasets)
-from tests.optimization.test_worker import wait_for, worker  # noqa: F401  (a real db_worker process)
 from tests.releases.conftest import RELEASE_PERMS
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop
@@ -89,7 +87,7 @@ def bob(django_user_model):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def digits(alice, digits_files):  # type: ignore[no-untyped-def]  # noqa: F811
+def digits(alice, digits_files):  # type: ignore[no-untyped-def]
     """Model 'digits' with v1 (a tf_keras SavedModel) and train/eval/calibration datasets."""
     from registry import services
     from registry.uploads import StagedFile

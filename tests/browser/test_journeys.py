@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from tests.browser.conftest import login, no_horizontal_overflow, screenshot, wait_for
-from tests.releases.serving_fixtures import allowed_server, launch_server  # noqa: F401  (real model server processes)
+from tests.browser.conftest import login, no_horizontal_overflow, screenshot
+from tests.processes import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 JOB_TIMEOUT_MS = 240_000
@@ -73,7 +73,7 @@ def served_version(client, label: str = "stable") -> int:  # type: ignore[no-unt
 
 
 def test_journey_b_production_release_four_eyes_promote_rollback(new_page, alice, bob, digits, digits_files,
-                                                                  allowed_server, worker):  # noqa: F811
+                                                                  allowed_server, worker):
     from registry import services as registry
     from registry.uploads import StagedFile
     from releases import promotion, services

@@ -23,8 +23,7 @@ from tests import factories
 from tests.conftest import PASSWORD, files_under
 from tests.integrations.conftest import verify
 from tests.integrations.proxy import CuttingProxy
-from tests.optimization.test_worker import wait_for, worker  # noqa: F401 - the real worker fixture
-from tests.releases.serving_fixtures import allowed_server, launch_server  # noqa: F401 - fixtures
+from tests.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

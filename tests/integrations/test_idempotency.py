@@ -99,12 +99,13 @@ def test_release_and_job_creates_replay(api, versions, settings):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_requests_with_one_key_create_once(live_server, alice, artifacts, storage_root, make_token):
+def test_concurrent_requests_with_one_key_create_once(live_server, alice, artifacts, storage_root):
+    from integrations import tokens
     from registry import services
 
     services.model_create(name="digits", owner=alice, task="classification")
-    _, _client = make_token(alice, ["registry:write", "registry:read"])
-    auth = _client._credentials["HTTP_AUTHORIZATION"]
+    _, secret = tokens.token_create(actor=alice, name="ci", scopes=["registry:write", "registry:read"])
+    auth = f"Bearer {secret}"
     url = f"{live_server.url}/api/v1/models/digits/versions/"
     answers: list[requests.Response] = []
 

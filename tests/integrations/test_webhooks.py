@@ -12,7 +12,7 @@ from integrations.models import WebhookDelivery, WebhookSubscription
 from releases import services as releases
 from releases.models import Environment
 from tests.integrations.conftest import verify
-from tests.optimization.test_worker import wait_for, worker  # noqa: F401 - the real worker fixture
+from tests.processes import free_port, wait_for
 
 RELEASE_EVENTS = ["release.pending_approval", "release.approved", "release.rejected", "release.failed"]
 
@@ -144,7 +144,6 @@ def test_without_a_deferring_backend_a_failure_does_not_hold_back_later_events(
 def test_an_endpoint_turning_unhealthy_is_one_event(alice, settings):
     from releases import promotion
     from releases.models import Endpoint
-    from tests.releases.serving_fixtures import free_port
 
     settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
     webhooks.subscription_create(owner=alice, url="http://127.0.0.1:9/x", events=["endpoint.unhealthy"])

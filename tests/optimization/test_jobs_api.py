@@ -17,7 +17,7 @@ def start(api, recipe, datasets=None, version=1, capture=None):  # type: ignore[
 
 
 @pytest.mark.django_db
-def test_ptq_int8_job_registers_a_measured_variant(api, digits_model, immediate_tasks,
+def test_ptq_int8_job_registers_a_measured_variant(api, digits_model, immediate,
                                                    django_capture_on_commit_callbacks, storage_root):
     source, datasets = digits_model
     with django_capture_on_commit_callbacks(execute=True):
@@ -48,7 +48,7 @@ def test_ptq_int8_job_registers_a_measured_variant(api, digits_model, immediate_
 
 
 @pytest.mark.django_db
-def test_parent_metrics_are_computed_once_and_reused(api, digits_model, immediate_tasks,
+def test_parent_metrics_are_computed_once_and_reused(api, digits_model, immediate,
                                                      django_capture_on_commit_callbacks):
     source, _ = digits_model
     for recipe in ({"technique": "ptq_dynamic"}, {"technique": "ptq_float16"}):
@@ -121,7 +121,7 @@ def test_dataset_that_does_not_fit_the_source_is_400(api, alice, digits_model, t
 
 
 @pytest.mark.django_db
-def test_training_step_that_raises_fails_the_job_cleanly(api, alice, digits_model, digits_files, immediate_tasks,
+def test_training_step_that_raises_fails_the_job_cleanly(api, alice, digits_model, digits_files, immediate,
                                                          django_capture_on_commit_callbacks, storage_root):
     from registry import services
     from registry.uploads import StagedFile
@@ -145,7 +145,7 @@ def test_training_step_that_raises_fails_the_job_cleanly(api, alice, digits_mode
 
 
 @pytest.mark.django_db
-def test_tampered_dataset_fails_the_job_with_a_clear_message(api, digits_model, immediate_tasks,
+def test_tampered_dataset_fails_the_job_with_a_clear_message(api, digits_model, immediate,
                                                              django_capture_on_commit_callbacks):
     from registry.blobstore import artifact_store
 
@@ -215,7 +215,7 @@ EXPECTED_FORMAT = {"ptq_dynamic": "tflite", "ptq_float16": "tflite", "ptq_int8":
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("recipe", TECHNIQUES, ids=[r["technique"] for r in TECHNIQUES])
-def test_every_technique_and_pipeline_registers_a_variant(api, digits_model, immediate_tasks, recipe,
+def test_every_technique_and_pipeline_registers_a_variant(api, digits_model, immediate, recipe,
                                                           django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = start(api, recipe)
@@ -239,7 +239,7 @@ def test_every_technique_and_pipeline_registers_a_variant(api, digits_model, imm
 
 
 @pytest.mark.django_db
-def test_auto_registers_the_smallest_candidate_within_budget(api, digits_model, immediate_tasks,
+def test_auto_registers_the_smallest_candidate_within_budget(api, digits_model, immediate,
                                                              django_capture_on_commit_callbacks):
     recipe = {"technique": "auto", "params": {"max_accuracy_drop": 0.02, "objective": "gzipped_size",
                                               "candidates": ["int8", "dynamic range", "float16"]}}
@@ -261,7 +261,7 @@ def test_auto_registers_the_smallest_candidate_within_budget(api, digits_model, 
 
 @pytest.mark.django_db
 def test_auto_with_no_candidate_in_budget_registers_nothing(api, alice, digits_model, digits_files, tmp_path,
-                                                            immediate_tasks, storage_root,
+                                                            immediate, storage_root,
                                                             django_capture_on_commit_callbacks):
     import numpy as np
 
@@ -290,7 +290,7 @@ def test_auto_with_no_candidate_in_budget_registers_nothing(api, alice, digits_m
 
 @pytest.mark.django_db
 def test_measure_job_records_a_plain_upload_metrics_so_release_gates_can_compare(
-        api, alice, digits_model, digits_files, immediate_tasks, django_capture_on_commit_callbacks, storage_root):
+        api, alice, digits_model, digits_files, immediate, django_capture_on_commit_callbacks, storage_root):
     from registry import services as registry
     from registry.uploads import StagedFile
     from releases import gates
@@ -344,7 +344,7 @@ def test_measure_takes_no_parameters(api, digits_model, recipe):
 
 @pytest.mark.django_db
 def test_a_run_stored_by_an_older_harness_is_measured_again_not_reused(
-        api, digits_model, immediate_tasks, django_capture_on_commit_callbacks, storage_root):
+        api, digits_model, immediate, django_capture_on_commit_callbacks, storage_root):
     from metrics.harness import HARNESS_VERSION
 
     source, _ = digits_model

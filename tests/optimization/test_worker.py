@@ -12,18 +12,9 @@ from optimization import services
 from optimization.models import OptimizationJob
 from registry.models import ModelVersion
 from tests.conftest import files_under
-from tests.processes import start_worker, stop, wait_for
+from tests.processes import wait_for
 
 LONG_PRUNE = {"technique": "prune", "params": {"epochs": 300, "sparsity": 0.5}}
-
-
-@pytest.fixture
-def worker(storage_root, tmp_path):  # type: ignore[no-untyped-def]
-    """Start a real task worker on the test database; yields the Popen."""
-    proc = start_worker(storage_root=storage_root, log_path=tmp_path / "worker.log",
-                        MODELYARD_JOB_HEARTBEAT_TIMEOUT="3")
-    yield proc
-    stop(proc)
 
 
 def job_state(job_id: int) -> OptimizationJob:

@@ -14,9 +14,8 @@ import pytest
 from registry import datasets, services
 from registry.models import Dataset
 from tests import factories
-from tests.registry.test_hostile_uploads import (  # noqa: F401  (the hostile corpus's helpers)
-    assert_error, post_dataset, snapshot, version1,
-)
+from tests.conftest import post_dataset
+from tests.registry.conftest import assert_error
 
 pytestmark = pytest.mark.django_db
 MiB = 1024 * 1024
@@ -32,7 +31,7 @@ def traced_peak(call):  # type: ignore[no-untyped-def]
         tracemalloc.stop()
 
 
-def test_a_ratio_bomb_is_refused_before_any_array_is_built(api, version1, snapshot, tmp_path) -> None:  # noqa: F811
+def test_a_ratio_bomb_is_refused_before_any_array_is_built(api, version1, snapshot, tmp_path) -> None:
     path = tmp_path / "bomb.npz"
     np.savez_compressed(path, x=np.zeros((2 * MiB, 8), np.float32))  # 64 MiB of zeros in ~65 KB
     assert path.stat().st_size < 100_000
@@ -49,7 +48,7 @@ def test_a_ratio_bomb_is_refused_before_any_array_is_built(api, version1, snapsh
 
 
 def test_a_header_declaring_more_than_the_dataset_limit_is_refused_from_the_header(
-        api, version1, snapshot, tmp_path) -> None:  # noqa: F811
+        api, version1, snapshot, tmp_path) -> None:
     """1.28 GB declared (under the 8 GiB archive limit, over the 1 GiB dataset limit) in 64 bytes."""
     path = factories.lying_npz(tmp_path / "liar.npz", (40_000_000, 8))
     before = snapshot()
@@ -62,7 +61,7 @@ def test_a_header_declaring_more_than_the_dataset_limit_is_refused_from_the_head
     before.assert_nothing_left()
 
 
-def test_an_honest_dataset_over_the_dataset_limit_is_refused(api, version1, snapshot, settings, tmp_path) -> None:  # noqa: F811
+def test_an_honest_dataset_over_the_dataset_limit_is_refused(api, version1, snapshot, settings, tmp_path) -> None:
     settings.MAX_DATASET_UNPACKED_BYTES = 64 * 1024
     path = tmp_path / "big.npz"
     np.savez(path, x=np.random.default_rng(0).random((4096, 8), dtype=np.float32))  # 128 KiB
@@ -75,7 +74,7 @@ def test_an_honest_dataset_over_the_dataset_limit_is_refused(api, version1, snap
     before.assert_nothing_left()
 
 
-def test_a_header_that_disagrees_with_the_zip_sizes_is_corrupt(api, version1, snapshot, tmp_path) -> None:  # noqa: F811
+def test_a_header_that_disagrees_with_the_zip_sizes_is_corrupt(api, version1, snapshot, tmp_path) -> None:
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (4, 8)})
     path = tmp_path / "short.npz"
@@ -91,7 +90,7 @@ def test_a_header_that_disagrees_with_the_zip_sizes_is_corrupt(api, version1, sn
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed], ids=["stored", "compressed"])
 def test_an_ordinary_dataset_is_accepted_without_loading_its_arrays(save, api, version1, storage_root,
-                                                                    tmp_path) -> None:  # noqa: F811
+                                                                    tmp_path) -> None:
     rng = np.random.default_rng(0)
     x, y = rng.random((500_000, 8), dtype=np.float32), rng.integers(0, 3, 500_000)  # 16 MB + 4 MB
     path = tmp_path / "eval.npz"

@@ -177,8 +177,7 @@ def test_dataset_whose_npy_header_declares_a_huge_array_is_refused_before_loadin
     services.version_create(model=registered, staged=StagedFile.from_path(artifacts["tflite"]),
                             actor=registered.owner)
     path = factories.lying_npz(tmp_path / "liar.npz", (1_000_000_000_000, 8))
-    with open(path, "rb") as fh:
-        response = api.post("/api/v1/models/digits/datasets/", {"file": fh, "role": "eval"}, format="multipart")
+    response = post_dataset(api, "digits", path, role="eval")
     assert response.status_code == 400, response.content
     assert response.json()["error"]["code"] == "unsafe_archive"
     assert "declare" in response.json()["error"]["message"]

@@ -19,7 +19,7 @@ from registry.models import AuditEvent, ModelVersion, RegisteredModel
 from tests import factories
 from tests.conftest import PASSWORD, upload
 # Shared with the upload corpus: the error-shape assertion, the storage snapshot and its fixtures.
-from tests.registry.test_hostile_uploads import assert_error, snapshot, version1  # noqa: F401
+from tests.registry.conftest import assert_error
 
 pytestmark = pytest.mark.django_db
 
@@ -76,7 +76,7 @@ class Rows:
 
 @pytest.mark.parametrize("depth, code", [(100_000, "json_too_large"), (5_000, "json_too_deep"),
                                          (900, "json_too_deep"), (DEPTH + 1, "json_too_deep")])
-def test_deep_metadata_on_upload_is_a_400(depth, code, api, artifacts, snapshot):  # noqa: F811
+def test_deep_metadata_on_upload_is_a_400(depth, code, api, artifacts, snapshot):
     before = snapshot()
     response = upload(api, "digits", artifacts["tflite"], metadata=nested_text(depth))
     needle = f"deeper than {DEPTH} levels" if code == "json_too_deep" else "the limit is 65536 bytes"
@@ -94,7 +94,7 @@ def test_metadata_at_the_depth_limit_is_stored(api, artifacts, registered):
     pytest.param('{"metadata":' + nested_text(5_000) + "}", id="patch-body-5000-deep"),
     pytest.param("[" * 100_000 + "]" * 100_000, id="bare-array-100000-deep"),
 ])
-def test_deep_json_body_is_refused_before_parsing(body, api, version1):  # noqa: F811
+def test_deep_json_body_is_refused_before_parsing(body, api, version1):
     rows = Rows(version1)
     response = api.patch("/api/v1/models/digits/versions/1/", body, content_type="application/json")
     assert_error(response, 400, "json_too_deep", "deeper than 64")
@@ -102,14 +102,14 @@ def test_deep_json_body_is_refused_before_parsing(body, api, version1):  # noqa:
 
 
 @pytest.mark.parametrize("depth", [DEPTH + 1, 60])
-def test_patch_metadata_deeper_than_the_limit_is_refused(depth, api, version1):  # noqa: F811
+def test_patch_metadata_deeper_than_the_limit_is_refused(depth, api, version1):
     rows = Rows(version1)
     response = api.patch("/api/v1/models/digits/versions/1/", {"metadata": nested(depth)}, format="json")
     assert_error(response, 400, "validation_error", "metadata", f"deeper than {DEPTH}")
     rows.assert_unchanged()
 
 
-def test_patch_metadata_over_the_size_limit_is_refused(api, version1):  # noqa: F811
+def test_patch_metadata_over_the_size_limit_is_refused(api, version1):
     rows = Rows(version1)
     response = api.patch("/api/v1/models/digits/versions/1/", {"metadata": {"blob": "x" * 70_000}}, format="json")
     assert_error(response, 400, "validation_error", "metadata", "65536 bytes")
@@ -129,7 +129,7 @@ def test_token_endpoint_refuses_a_deep_body(client):  # type: ignore[no-untyped-
     pytest.param({"pipeline": [{"technique": "prune", "params": {"x": "y" * 70_000}}]},
                  "validation_error", id="pipeline-params-too-large"),
 ])
-def test_deep_or_large_recipe_is_refused(recipe, code, api, version1):  # noqa: F811
+def test_deep_or_large_recipe_is_refused(recipe, code, api, version1):
     events = AuditEvent.objects.count()
     response = api.post("/api/v1/optimization-jobs/", {"model": "digits", "version": 1, "recipe": recipe},
                         format="json")
@@ -137,7 +137,7 @@ def test_deep_or_large_recipe_is_refused(recipe, code, api, version1):  # noqa: 
     assert not OptimizationJob.objects.exists() and AuditEvent.objects.count() == events
 
 
-def test_recipe_limits_hold_in_the_service_too(alice, version1):  # noqa: F811
+def test_recipe_limits_hold_in_the_service_too(alice, version1):
     """Admin, commands and tasks reach plan_recipe without the serializer."""
     from optimization import services as jobs
 
@@ -146,7 +146,7 @@ def test_recipe_limits_hold_in_the_service_too(alice, version1):  # noqa: F811
     assert not OptimizationJob.objects.exists()
 
 
-def test_auto_recipe_with_unknown_or_malformed_params_is_a_400(api, version1):  # noqa: F811
+def test_auto_recipe_with_unknown_or_malformed_params_is_a_400(api, version1):
     for params, needle in (({"max_accuracy_drop": 0.01, "typo": 1}, "unknown parameter"), ([1, 2], "object")):
         response = api.post("/api/v1/optimization-jobs/", {"model": "digits", "version": 1,
                                                              "recipe": {"technique": "auto", "params": params}},
@@ -217,7 +217,7 @@ def test_admin_edit_of_a_legacy_version_keeps_its_metadata_unless_replaced(admin
 
 
 @pytest.mark.parametrize("text", [nested_text(100_000), nested_text(900), nested_text(DEPTH + 1)])
-def test_admin_metadata_input_too_deep_is_a_form_error(text, admin_client, version1):  # noqa: F811
+def test_admin_metadata_input_too_deep_is_a_form_error(text, admin_client, version1):
     rows = Rows(version1)
     response = admin_client.post(f"/admin/registry/modelversion/{version1.pk}/change/",
                                  {"description": "x", "metadata_json": text, "tag_names": ""})
@@ -246,14 +246,14 @@ def test_thirty_two_tags_are_fine(api):
     assert response.status_code == 201 and len(response.json()["tags"]) == 32
 
 
-def test_ten_thousand_comma_separated_tags_on_upload_are_a_400(api, artifacts, snapshot):  # noqa: F811
+def test_ten_thousand_comma_separated_tags_on_upload_are_a_400(api, artifacts, snapshot):
     before = snapshot()
     response = upload(api, "digits", artifacts["tflite"], tags=",".join(f"t{i}" for i in range(10_000)))
     assert_error(response, 400, "validation_error", "tags", "no more than 32")
     before.assert_nothing_left()
 
 
-def test_too_many_tags_on_a_version_patch_are_a_400(api, version1):  # noqa: F811
+def test_too_many_tags_on_a_version_patch_are_a_400(api, version1):
     rows = Rows(version1)
     response = api.patch("/api/v1/models/digits/versions/1/", {"tags": [f"t{i}" for i in range(10_000)]},
                          format="json")
@@ -269,14 +269,14 @@ def test_tag_limit_holds_in_the_service_for_the_admin(admin_client, registered):
     assert [t.name for t in registered.tags.all()] == ["vision"]
 
 
-def test_ten_megabyte_form_field_is_a_413_in_the_error_shape(api, artifacts, snapshot):  # noqa: F811
+def test_ten_megabyte_form_field_is_a_413_in_the_error_shape(api, artifacts, snapshot):
     before = snapshot()
     response = upload(api, "digits", artifacts["tflite"], description="d" * (10 * 1024 * 1024))
     assert_error(response, 413, "too_large", "form fields")
     before.assert_nothing_left()
 
 
-def test_ten_megabyte_form_field_outside_the_api_is_an_html_page(admin_client, version1):  # noqa: F811
+def test_ten_megabyte_form_field_outside_the_api_is_an_html_page(admin_client, version1):
     rows = Rows(version1)
     response = admin_client.post(f"/admin/registry/modelversion/{version1.pk}/change/",
                                  {"description": "d" * (10 * 1024 * 1024), "metadata_json": "{}", "tag_names": ""})
@@ -285,7 +285,7 @@ def test_ten_megabyte_form_field_outside_the_api_is_an_html_page(admin_client, v
     rows.assert_unchanged()
 
 
-def test_ten_megabyte_json_body_is_a_413(api, version1):  # noqa: F811
+def test_ten_megabyte_json_body_is_a_413(api, version1):
     rows = Rows(version1)
     response = api.patch("/api/v1/models/digits/versions/1/", {"description": "d" * (10 * 1024 * 1024)},
                          format="json")
@@ -340,7 +340,7 @@ def assert_server_error(response, code: str) -> dict[str, Any]:  # type: ignore[
     return error
 
 
-def test_unexpected_exception_is_a_logged_json_500_with_the_request_id(api, version1, caplog):  # noqa: F811
+def test_unexpected_exception_is_a_logged_json_500_with_the_request_id(api, version1, caplog):
     """A real fault, no mock: metadata stored 1,000 deep before the limits cannot be decoded by
     Python's recursive JSON reader at any stack depth, so reading the version raises RecursionError."""
     store_legacy_metadata(version1, 1_000)
@@ -351,7 +351,7 @@ def test_unexpected_exception_is_a_logged_json_500_with_the_request_id(api, vers
     assert logged and logged[0].exc_info and logged[0].exc_info[0] is RecursionError
 
 
-def test_integrity_failure_500_carries_a_generated_request_id(api, version1, storage_root):  # noqa: F811
+def test_integrity_failure_500_carries_a_generated_request_id(api, version1, storage_root):
     blob = next((storage_root / "blobs").rglob(version1.artifact_sha256))
     blob.write_bytes(b"tampered")
     response = api.get("/api/v1/models/digits/versions/1/artifact/", HTTP_X_REQUEST_ID="bad id\nforged")

@@ -15,6 +15,7 @@ import pytest
 from registry import archives, inspection, inspector
 from registry.models import ModelVersion
 from tests.conftest import files_under, upload
+from tests.processes import children_of
 
 
 def inspect(path: Path) -> inspection.Inspection:
@@ -24,17 +25,6 @@ def inspect(path: Path) -> inspection.Inspection:
 def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
-def children_of(pid: int) -> list[int]:
-    """The live child processes of ``pid``, from /proc."""
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found |= {int(p) for p in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return sorted(found)
 
 
 def test_inspections_reuse_one_warm_inspector_and_read_what_a_direct_read_does(artifacts, tmp_path) -> None:

@@ -24,9 +24,8 @@ import requests
 from registry import inspector
 from tests import factories
 from tests.conftest import files_under, upload
-from tests.registry.test_hostile_uploads import assert_error, snapshot  # noqa: F401  (the hostile corpus's helpers)
-from tests.registry.test_inspector import children_of
-from tests.serving.serving_contract import free_port, stop_process
+from tests.processes import children_of, free_port, stop
+from tests.registry.conftest import assert_error
 
 REPO = Path(__file__).resolve().parents[2]
 CRASH = re.compile(r"killed by (SIGSEGV|SIGBUS|SIGABRT|SIGILL|SIGFPE)")
@@ -69,7 +68,7 @@ def assert_fresh_inspector_serves(api, artifacts, before: list[int]) -> None:  #
 
 @pytest.mark.django_db
 def test_a_tflite_with_a_valid_header_and_a_garbage_body_is_a_422_not_a_dead_worker(
-        api, artifacts, snapshot, storage_root, tmp_path) -> None:  # noqa: F811
+        api, artifacts, snapshot, storage_root, tmp_path) -> None:
     upload(api, "digits", artifacts["tflite"])  # a warm inspector, so the pids below are the job's
     before, used = snapshot(), inspector.pool().pids()
 
@@ -84,7 +83,7 @@ def test_a_tflite_with_a_valid_header_and_a_garbage_body_is_a_422_not_a_dead_wor
 
 @pytest.mark.django_db
 def test_bit_flipped_real_tflite_files_are_refused_or_accepted_but_never_take_the_server_down(
-        api, artifacts, snapshot, storage_root, tmp_path) -> None:  # noqa: F811
+        api, artifacts, snapshot, storage_root, tmp_path) -> None:
     # Offsets in the flatbuffer's root table, vtables, tensor/buffer tables and the weights.
     positions = [0, 12, 28, 60, 1230, 1760]
     outcomes: dict[int, str] = {}
@@ -105,7 +104,7 @@ def test_bit_flipped_real_tflite_files_are_refused_or_accepted_but_never_take_th
 
 @pytest.mark.django_db
 def test_a_savedmodel_over_the_memory_limit_is_a_422_naming_the_limit(
-        api, artifacts, hostile_models, snapshot, settings) -> None:  # noqa: F811
+        api, artifacts, hostile_models, snapshot, settings) -> None:
     settings.INSPECT_MEMORY_MB = 256
     upload(api, "digits", artifacts["tflite"])  # a warm inspector, so the pids below are the job's
     before, used = snapshot(), inspector.pool().pids()
@@ -121,7 +120,7 @@ def test_a_savedmodel_over_the_memory_limit_is_a_422_naming_the_limit(
 
 @pytest.mark.django_db
 def test_a_savedmodel_that_loads_forever_is_stopped_at_the_time_limit(
-        api, artifacts, hostile_models, snapshot, settings) -> None:  # noqa: F811
+        api, artifacts, hostile_models, snapshot, settings) -> None:
     upload(api, "digits", artifacts["tflite"])  # a warm inspector, so the pids below are the job's
     settings.INSPECT_TIMEOUT = 3
     before, used = snapshot(), inspector.pool().pids()
@@ -138,7 +137,7 @@ def test_a_savedmodel_that_loads_forever_is_stopped_at_the_time_limit(
 
 @pytest.mark.django_db
 def test_an_inspector_killed_mid_job_is_a_422_and_its_workdir_is_removed(
-        api, artifacts, hostile_models, snapshot, settings, storage_root) -> None:  # noqa: F811
+        api, artifacts, hostile_models, snapshot, settings, storage_root) -> None:
     settings.INSPECT_TIMEOUT = 120  # only a safety net: the kill below comes first
     upload(api, "digits", artifacts["tflite"])  # a warm inspector, so the pids below are the job's
     before, used = snapshot(), inspector.pool().pids()
@@ -222,7 +221,7 @@ def gunicorn(tmp_path) -> Iterator[dict]:  # type: ignore[no-untyped-def]
         yield {"url": base, "master": proc.pid, "headers": {"Authorization": f"Token {token}"},
                "storage": tmp_path / "var" / "storage"}
     finally:
-        stop_process(proc)
+        stop(proc, timeout=10)
         log.close()
 
 

@@ -12,13 +12,6 @@ RELEASE_PERMS = ["releases.add_release", "releases.change_release", "releases.ad
 
 
 @pytest.fixture
-def immediate(settings):  # type: ignore[no-untyped-def]
-    """Tasks run at once (promotions in the test's own process)."""
-    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
-                                  "QUEUES": settings.TASKS["default"]["QUEUES"]}}
-
-
-@pytest.fixture
 def alice(django_user_model):  # type: ignore[no-untyped-def]
     return make_user(django_user_model, "alice", ENGINEER_PERMS + RELEASE_PERMS)
 

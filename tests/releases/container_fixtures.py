@@ -1,4 +1,8 @@
-"""Fixtures for the `docker` endpoint tests (releases/deploy/containers.py), on the real Docker engine.
+"""Fixtures on the real Docker engine and image registry: the one engine client (``docker_client``;
+``docker_client.api`` is its low-level APIClient), the stand-in base image, image specs for the
+serving-image tests (releases/images.py) and, for the `docker` endpoint tests
+(releases/deploy/containers.py), the serving harness below. A pytest plugin: the root conftest.py
+lists it, so no test module imports these fixtures.
 
 TEST HARNESS, not a product image: production runs release images built FROM the real
 ``tensorflow/serving[-gpu]`` image, which cannot be fetched here (no Docker Hub). So the tests
@@ -17,7 +21,8 @@ Release images are then built from that base with ``images.build_image`` unchang
 really loads and serves the model baked into the image, over the real TF Serving protocol, with
 host networking (the engine here runs with --bridge=none: "host" or "none" only).
 
-When the engine is missing the tests fail (never skip): ``bin/test-services`` starts it.
+When the engine or the registry is missing the tests fail (never skip): ``bin/test-services``
+starts them (``.ci/run`` installs them).
 """
 from __future__ import annotations
 
@@ -30,15 +35,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from releases import images
 from releases.deploy import containers
-from tests.releases.serving_fixtures import Models, tiny_models  # noqa: F401 - fixture
-from releases.traffic import Traffic  # noqa: F401 - re-exported for the container tests
-
-__all__ = ["docker_client", "harness_base", "release_image", "endpoint_name", "tiny_models",
-           "harness_mounts", "Traffic", "HARNESS_SERVING_DIR", "RUN_ID"]
+from tests.factories import Models
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = uuid.uuid4().hex[:10]
@@ -91,7 +93,8 @@ def _context(standin: str) -> bytes:
     return buf.getvalue()
 
 
-def _remove_image(client: Any, ref: str) -> None:
+def remove_image(client: Any, ref: str) -> None:
+    """Remove a tag; one still used by another test's container or image stays (harmless)."""
     import docker
 
     try:
@@ -100,8 +103,12 @@ def _remove_image(client: Any, ref: str) -> None:
         pass
 
 
+# --- the engine, the registry, the stand-in base -----------------------------------------------------
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
+    """The Docker engine (DOCKER_HOST or the default socket): a DockerClient, whose ``.api`` is
+    the low-level APIClient the image functions also take."""
     import docker
 
     try:
@@ -114,19 +121,72 @@ def docker_client() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def harness_base(docker_client: Any) -> Iterator[str]:
+def registry_addr() -> str:
+    import requests
+
+    try:
+        requests.get(f"http://{REGISTRY}/v2/", timeout=5).raise_for_status()
+    except requests.RequestException as exc:
+        pytest.fail(f"No image registry at {REGISTRY} ({exc}); run bin/test-services")
+    return REGISTRY
+
+
+@pytest.fixture(scope="session")
+def standin_base(docker_client: Any) -> Iterator[str]:
+    """A stand-in TF Serving base image (busybox only), private to this test session."""
+    tag = f"modelyard-test/serving-standin:{RUN_ID}"
+    images.ensure_standin_base_image(docker_client.api, tag)
+    yield tag
+    remove_image(docker_client, tag)
+
+
+# --- serving images ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def image_spec(tiny_models: Models) -> Callable[..., images.ImageSpec]:
+    """A factory of ImageSpecs with a unique repository per test (parallel runs never collide)."""
+    repo = f"{REGISTRY}/modelyard-test/m{uuid.uuid4().hex[:10]}"
+
+    def make(**overrides: Any) -> images.ImageSpec:
+        fields = dict(
+            model_name="digits", version=3, release_id=11, saved_model_dir=tiny_models["a"],
+            model_sha256="ab" * 32, base_image="modelyard/serving:missing", repository=repo,
+            created="2024-05-01T12:00:00+00:00", source_url="https://git.example/ml/digits",
+            revision="0123abcd", version_labels={"stable": 3},
+            batching={"max_batch_size": 8, "batch_timeout_micros": 2000,
+                      "max_enqueued_batches": 16, "num_batch_threads": 2,
+                      "allowed_batch_sizes": [2, 4, 8]},
+            gpu_memory_fraction=0.5, xla=True,
+            warmup_requests=[{"x": np.full((1, 4), float(i), np.float32)} for i in range(3)],
+        )
+        fields.update(overrides)
+        return images.ImageSpec(**fields)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def image_cleanup(docker_client: Any) -> Iterator[list[str]]:
+    """Append image references to this list; they are removed (by tag) after the test."""
+    refs: list[str] = []
+    yield refs
+    for ref in reversed(refs):
+        remove_image(docker_client, ref)
+
+
+# --- the serving harness: containers that really serve -----------------------------------------------
+
+@pytest.fixture(scope="session")
+def harness_base(docker_client: Any, standin_base: str) -> Iterator[str]:
     """The serving-capable test base image (a test harness: see the module docstring)."""
-    standin = f"modelyard-test/serving-standin-c:{RUN_ID}"
     tag = f"modelyard-test/serving-harness:{RUN_ID}"
-    images.ensure_standin_base_image(docker_client.api, standin)
-    for chunk in docker_client.api.build(fileobj=io.BytesIO(_context(standin)), custom_context=True,
+    for chunk in docker_client.api.build(fileobj=io.BytesIO(_context(standin_base)), custom_context=True,
                                          tag=tag, rm=True, forcerm=True, pull=False, decode=True,
                                          network_mode="none"):
         if "error" in chunk:
             pytest.fail(f"building the harness base image failed: {chunk['error']}")
     yield tag
-    _remove_image(docker_client, tag)
-    _remove_image(docker_client, standin)
+    remove_image(docker_client, tag)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +210,7 @@ def release_image(docker_client: Any, harness_base: str, tiny_models: Models
 
     yield build
     for ref in built:
-        _remove_image(docker_client, ref)
+        remove_image(docker_client, ref)
 
 
 @pytest.fixture(scope="module")
@@ -163,5 +223,3 @@ def endpoint_name(docker_client: Any) -> Iterator[str]:
             container.remove(force=True)
         except Exception:
             pass
-
-

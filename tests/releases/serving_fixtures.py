@@ -1,6 +1,5 @@
-"""Fixtures for the promotion engine tests: real model servers and tiny real SavedModels.
-
-Import them into a test module with `from tests.releases.serving_fixtures import *`.
+"""Fixtures with real model servers, for every test that promotes to one (a pytest plugin: the
+root conftest.py lists it, so no test module imports these fixtures).
 
 Servers are `python -m serving` processes (or, with TF_SERVING_BINARY=/path/to/
 tensorflow_model_server, the real TF Serving with the same flags) on free ports, each with its own
@@ -19,18 +18,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
-import numpy as np
 import pytest
 
 from releases.deploy.repository_engine import RepositoryEndpoint
 from releases.tfserving import TFServingClient
-from tests.serving.serving_contract import stop_process
-from tests.processes import free_port
-
-__all__ = ["Models", "LiveServer", "tiny_models", "launch_server", "model_server", "free_port",
-           "STARTUP_TIMEOUT"]
+from tests.processes import free_port, stop as stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REAL_BINARY = os.environ.get("TF_SERVING_BINARY", "")
@@ -38,63 +32,7 @@ STARTUP_TIMEOUT = 90.0
 EMPTY_CONFIG = "model_config_list {\n}\n"
 
 
-# --- models --------------------------------------------------------------------------------------
-
-@dataclass
-class Models:
-    """SavedModels with serving_default x: float32[None, 4] -> y: float32[None, 2].
-
-    `a`, `b`, `c` are the same architecture with different weights; `renamed` calls its input
-    "features" instead of "x"; `corrupt` has a
-    saved_model.pb that is not a SavedModel; `samples[k]` are answers computed by calling
-    Keras model k directly (what the server must reproduce).
-    """
-
-    root: Path
-    paths: dict[str, Path]
-    samples: dict[str, dict[str, Any]]
-
-    def __getitem__(self, key: str) -> Path:
-        return self.paths[key]
-
-
-def _build_models(root: Path) -> Models:
-    import tf_keras
-
-    x = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0], [-3.0, 0.0, 0.5, 2.0]], np.float32)
-    paths: dict[str, Path] = {}
-    samples: dict[str, dict[str, Any]] = {}
-    for key, seed in (("a", 1), ("b", 2), ("c", 3)):
-        tf_keras.utils.set_random_seed(seed)
-        inputs = tf_keras.Input(shape=(4,), name="x")
-        outputs = tf_keras.layers.Dense(2, name="y")(tf_keras.layers.Dense(3, activation="relu")(inputs))
-        model = tf_keras.Model(inputs, outputs)
-        paths[key] = root / key
-        model.save(str(paths[key]), save_format="tf")
-        samples[key] = {"inputs": x.tolist(), "outputs": model(x).numpy().tolist(),
-                        "input_name": "x", "output_name": "y", "dtype": "float32"}
-    # Same weights as `a`, but the input is called "features": a signature clients would break on.
-    tf_keras.utils.set_random_seed(1)
-    inputs = tf_keras.Input(shape=(4,), name="features")
-    outputs = tf_keras.layers.Dense(2, name="y")(tf_keras.layers.Dense(3, activation="relu")(inputs))
-    paths["renamed"] = root / "renamed"
-    tf_keras.Model(inputs, outputs).save(str(paths["renamed"]), save_format="tf")
-    corrupt = root / "corrupt"
-    corrupt.mkdir()
-    (corrupt / "saved_model.pb").write_bytes(b"this is not a SavedModel")
-    (corrupt / "variables").mkdir()
-    paths["corrupt"] = corrupt
-    return Models(root, paths, samples)
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Models:
-    return _build_models(tmp_path_factory.mktemp("tiny-models"))
-
-
 # --- servers -------------------------------------------------------------------------------------
-
-
 
 @dataclass
 class LiveServer:
@@ -142,7 +80,7 @@ class LiveServer:
     def stop(self) -> None:
         self.client.close()
         if self.process is not None:
-            stop_process(self.process)
+            stop_process(self.process, timeout=10)
         if hasattr(self, "_log"):
             self._log.close()
 
@@ -163,7 +101,7 @@ def launch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
 
 
 @pytest.fixture
-def allowed_server(settings, launch_server):  # type: ignore[no-untyped-def]  # noqa: F811
+def allowed_server(settings, launch_server):  # type: ignore[no-untyped-def]
     """A real serving process whose repository the operator allows: the test's serving roots are set
     to it before any worker process starts (a worker reads MODELYARD_SERVING_ROOTS at start-up), so
     list this fixture before `worker`."""

@@ -9,7 +9,6 @@ import requests
 
 from registry.models import AuditEvent
 from releases.models import Release
-from tests.releases.conftest_images import docker_api, registry_addr, standin_base  # noqa: F401
 
 pytestmark = pytest.mark.docker
 
@@ -41,7 +40,7 @@ def new_release(api):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.django_db
-def test_approved_release_gets_a_pushed_verified_image(api, bob_api, versions, build_settings, docker_api,
+def test_approved_release_gets_a_pushed_verified_image(api, bob_api, versions, build_settings, docker_client,
                                                        django_capture_on_commit_callbacks):
     release_id = new_release(api)
     release = approve(api, bob_api, release_id, django_capture_on_commit_callbacks)
@@ -53,7 +52,7 @@ def test_approved_release_gets_a_pushed_verified_image(api, bob_api, versions, b
                             "manifests/1", headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
                             timeout=10)
     assert manifest.headers["Docker-Content-Digest"] == release.image_digest
-    labels = docker_api.inspect_image(release.image_id)["Config"]["Labels"]
+    labels = docker_client.api.inspect_image(release.image_id)["Config"]["Labels"]
     assert labels["io.modelyard.model"] == "digits" and labels["io.modelyard.version"] == "1"
     assert labels["io.modelyard.model-sha256"] == release.version.artifact_sha256
     assert labels["io.modelyard.release"] == str(release.pk)
@@ -61,7 +60,7 @@ def test_approved_release_gets_a_pushed_verified_image(api, bob_api, versions, b
     assert detail["image"]["digest"] == release.image_digest and "Successfully" in detail["build_log"]
     assert [e["action"] for e in detail["audit_trail"]] == [
         "release.create", "release.submit", "release.approve", "release.build_start", "release.image_ready"]
-    docker_api.remove_image(release.image_id, force=True)
+    docker_client.api.remove_image(release.image_id, force=True)
 
 
 @pytest.mark.django_db

@@ -22,8 +22,8 @@ from releases.deploy.containers import ContainerPromotionFailed, ContainerSpec
 from releases.deploy.repository_engine import PromotionFailed
 from releases.tfserving import LoadFailed, TFServingClient, WrongAnswers
 from serving.flags import parse as parse_serving_flags
-from tests.releases.container_fixtures import *  # noqa: F401,F403 - fixtures
-from tests.releases.container_fixtures import Traffic, harness_mounts
+from releases.traffic import Traffic
+from tests.releases.container_fixtures import harness_mounts
 
 MODEL = "tiny"
 TOLERANCE = (1e-5, 1e-6)

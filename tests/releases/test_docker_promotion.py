@@ -21,7 +21,7 @@ from releases.deploy.containers import LABEL_ENDPOINT, port_free
 from releases.models import Endpoint, Environment, Release
 from releases.router import serve
 from releases.tfserving import TFServingClient
-from tests.releases.container_fixtures import docker_client, harness_base, harness_mounts  # noqa: F401
+from tests.releases.container_fixtures import harness_mounts
 from releases.traffic import Traffic
 
 pytestmark = pytest.mark.docker

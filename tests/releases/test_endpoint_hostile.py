@@ -20,7 +20,6 @@ from releases.deploy import repository_engine as engine
 from releases.endpoints import EndpointRefused
 from releases.models import Endpoint, Environment, Promotion, Release
 from tests.conftest import make_user
-from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F401  (fixtures)
 
 SECRET = "s3cr3t-token-do-not-leak"
 
@@ -430,7 +429,7 @@ def test_health_of_a_fifo_config_does_not_hang(olivia, readonly_api, server):
 
 # --- the engine on its own: names and paths ---------------------------------------------------------
 
-def test_model_names_cannot_leave_the_repository(tmp_path, tiny_models_dir):
+def test_model_names_cannot_leave_the_repository(tmp_path, tiny_models):
     base = tmp_path / "repo"
     base.mkdir()
     for name in ("..", "../x", ".hidden", "a/b", "", "x\0y"):
@@ -438,26 +437,16 @@ def test_model_names_cannot_leave_the_repository(tmp_path, tiny_models_dir):
             engine.model_dir_in(base, name)
     (base / "linked").symlink_to(tmp_path, target_is_directory=True)
     with pytest.raises(engine.StagingError, match="symlink"):
-        engine.stage_version(base, "linked", 1, tiny_models_dir)
+        engine.stage_version(base, "linked", 1, tiny_models["a"])
     assert [p.name for p in tmp_path.iterdir()] == ["repo"] and [p.name for p in base.iterdir()] == ["linked"]
 
 
-def test_an_existing_version_symlink_is_never_staged_over(tmp_path, tiny_models_dir):
+def test_an_existing_version_symlink_is_never_staged_over(tmp_path, tiny_models):
     base = tmp_path / "repo"
     (base / "m").mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()
     (base / "m" / "1").symlink_to(outside, target_is_directory=True)
     with pytest.raises(engine.StagingError, match="left untouched"):
-        engine.stage_version(base, "m", 1, tiny_models_dir)
+        engine.stage_version(base, "m", 1, tiny_models["a"])
     assert list(outside.iterdir()) == [] and (base / "m" / "1").is_symlink()
-
-
-@pytest.fixture(scope="module")
-def tiny_models_dir(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
-    """A stand-in SavedModel directory: staging only copies and hashes it, nothing loads it."""
-    sm = tmp_path_factory.mktemp("tiny") / "sm"
-    (sm / "variables").mkdir(parents=True)
-    (sm / "saved_model.pb").write_bytes(b"\x08\x01")
-    (sm / "variables" / "variables.index").write_bytes(b"index")
-    return sm

@@ -15,8 +15,6 @@ import requests
 
 from releases import images, warmup
 from releases.images import ImageBuildError
-from tests.releases.conftest_images import (  # noqa: F401 - fixtures
-    docker_api, image_cleanup, image_spec, registry_addr, standin_base, tiny_models)
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 EXPECTED_ARGS = ["--model_config_file=/models/models.config",
@@ -64,7 +62,7 @@ def test_context_is_byte_identical_and_has_the_expected_entries(image_spec, tiny
 
     # anything that goes into the image changes the context
     assert images.write_context(image_spec(release_id=12)) != first
-    assert images.write_context(image_spec(saved_model_dir=tiny_models["second"])) != first
+    assert images.write_context(image_spec(saved_model_dir=tiny_models["b"])) != first
 
 
 def test_dockerfile_layers_labels_and_serving_args(image_spec):
@@ -97,7 +95,7 @@ def test_prefer_tflite_needs_a_tflite_file(image_spec, tiny_models, tmp_path):
     with pytest.raises(ImageBuildError, match="model.tflite"):
         images.write_context(image_spec(prefer_tflite=True))
     model_dir = tmp_path / "with-tflite"
-    shutil.copytree(tiny_models["first"], model_dir)
+    shutil.copytree(tiny_models["a"], model_dir)
     (model_dir / "model.tflite").write_bytes(b"TFL3 stand-in")
     spec = image_spec(prefer_tflite=True, saved_model_dir=model_dir)
     assert images.serving_args(spec)[-1] == "--prefer_tflite_model=true"
@@ -209,16 +207,16 @@ def _file_in_image(api, image: str, path: str) -> bytes:  # type: ignore[no-unty
 
 
 @pytest.mark.docker
-def test_build_from_standin_base_has_labels_files_and_args(docker_api, standin_base, image_spec,
+def test_build_from_standin_base_has_labels_files_and_args(docker_client, standin_base, image_spec,
                                                            image_cleanup):
     spec = image_spec(base_image=standin_base)
-    built, log = _build(spec, docker_api, image_cleanup)
+    built, log = _build(spec, docker_client.api, image_cleanup)
     assert built.tag_ref == spec.image_ref and built.image_id.startswith("sha256:")
     assert built.context_sha256 == hashlib.sha256(images.write_context(spec)).hexdigest()
     assert any(line.startswith("Step 1/6 : FROM") for line in log)
     assert built.size > 0 and len(built.layers) == 3  # base, model, config
 
-    info = docker_api.inspect_image(spec.image_ref)
+    info = docker_client.api.inspect_image(spec.image_ref)
     assert info["Id"] == built.image_id
     labels = info["Config"]["Labels"]
     assert labels["io.modelyard.model"] == "digits"
@@ -233,31 +231,31 @@ def test_build_from_standin_base_has_labels_files_and_args(docker_api, standin_b
     assert info["Config"]["Entrypoint"] == [images.STANDIN_ENTRYPOINT]  # inherited from the base
     assert "MODEL_NAME=digits" in info["Config"]["Env"]
 
-    saved = _file_in_image(docker_api, spec.image_ref, "/models/digits/3/saved_model.pb")
+    saved = _file_in_image(docker_client.api, spec.image_ref, "/models/digits/3/saved_model.pb")
     assert saved == (spec.saved_model_dir / "saved_model.pb").read_bytes()
-    config = _file_in_image(docker_api, spec.image_ref, "/models/models.config")
+    config = _file_in_image(docker_client.api, spec.image_ref, "/models/models.config")
     assert b"versions: 3" in config
 
     # run it (no network): the stand-in entrypoint echoes the server command line it was given
-    container = docker_api.create_container(spec.image_ref, network_disabled=True,
-                                            host_config=docker_api.create_host_config(network_mode="none"))
+    container = docker_client.api.create_container(
+        spec.image_ref, network_disabled=True, host_config=docker_client.api.create_host_config(network_mode="none"))
     try:
-        docker_api.start(container["Id"])
-        assert docker_api.wait(container["Id"], timeout=60)["StatusCode"] == 0
-        out = docker_api.logs(container["Id"]).decode()
+        docker_client.api.start(container["Id"])
+        assert docker_client.api.wait(container["Id"], timeout=60)["StatusCode"] == 0
+        out = docker_client.api.logs(container["Id"]).decode()
     finally:
-        docker_api.remove_container(container["Id"], force=True)
+        docker_client.api.remove_container(container["Id"], force=True)
     assert out.split() == ["tensorflow_model_server", "--port=8500", "--rest_api_port=8501",
                            "--model_name=digits", "--model_base_path=/models/digits", *EXPECTED_ARGS]
 
 
 @pytest.mark.docker
-def test_push_records_the_registry_digest_and_verifies(docker_api, standin_base, registry_addr,
+def test_push_records_the_registry_digest_and_verifies(docker_client, standin_base, registry_addr,
                                                        image_spec, image_cleanup):
     spec = image_spec(base_image=standin_base)
-    built, _ = _build(spec, docker_api, image_cleanup)
+    built, _ = _build(spec, docker_client.api, image_cleanup)
     log: list[str] = []
-    repo_digest = images.push_image(built, client=docker_api, auth=None, on_log=log.append)
+    repo_digest = images.push_image(built, client=docker_client.api, auth=None, on_log=log.append)
     repository, digest = repo_digest.split("@")
     assert repository == spec.repository and digest.startswith("sha256:") and len(digest) == 71
     assert any("Pushed" in line for line in log)
@@ -270,19 +268,19 @@ def test_push_records_the_registry_digest_and_verifies(docker_api, standin_base,
     assert hashlib.sha256(resp.content).hexdigest() == digest.split(":")[1]
     assert len(resp.json()["layers"]) == len(built.layers)
 
-    images.verify_pushed(spec.repository, digest, docker_api, expected_image_id=built.image_id)
+    images.verify_pushed(spec.repository, digest, docker_client.api, expected_image_id=built.image_id)
     with pytest.raises(ImageBuildError, match="but sha256:0+ was pushed"):
-        images.verify_pushed(spec.repository, digest, docker_api,
+        images.verify_pushed(spec.repository, digest, docker_client.api,
                              expected_image_id="sha256:" + "0" * 64)
     with pytest.raises(ImageBuildError, match="Pulling .* back failed"):
-        images.verify_pushed(spec.repository, "sha256:" + "1" * 64, docker_api)
+        images.verify_pushed(spec.repository, "sha256:" + "1" * 64, docker_client.api)
 
 
 @pytest.mark.docker
-def test_identical_rebuild_reuses_every_layer(docker_api, standin_base, image_spec, image_cleanup):
+def test_identical_rebuild_reuses_every_layer(docker_client, standin_base, image_spec, image_cleanup):
     spec = image_spec(base_image=standin_base)
-    first, _ = _build(spec, docker_api, image_cleanup)
-    again, log = _build(image_spec(base_image=standin_base), docker_api, image_cleanup)
+    first, _ = _build(spec, docker_client.api, image_cleanup)
+    again, log = _build(image_spec(base_image=standin_base), docker_client.api, image_cleanup)
     assert again.image_id == first.image_id and again.layers == first.layers
     assert again.context_sha256 == first.context_sha256
     assert again.cache_hits == 5  # ENV, COPY model, COPY config, CMD, LABEL
@@ -290,7 +288,7 @@ def test_identical_rebuild_reuses_every_layer(docker_api, standin_base, image_sp
 
 
 @pytest.mark.docker
-def test_layer_reuse_follows_the_layer_order(docker_api, standin_base, image_spec, tiny_models,
+def test_layer_reuse_follows_the_layer_order(docker_client, standin_base, image_spec, tiny_models,
                                              image_cleanup):
     """Layers: [base, model, config]. Model first (see releases/images.py for why):
     - a serving-profile change (batching) reuses the model layer: ENV and the model COPY come
@@ -298,23 +296,23 @@ def test_layer_reuse_follows_the_layer_order(docker_api, standin_base, image_spe
     - a model-only change (same version, other weights) reuses the base and ENV only: the model
       layer is new, and the config COPY after it is rebuilt - with byte-identical files."""
     base = image_spec(base_image=standin_base, tag="base")
-    built, _ = _build(base, docker_api, image_cleanup)
+    built, _ = _build(base, docker_client.api, image_cleanup)
 
     profile = dataclasses.replace(base, tag="profile", batching={"max_batch_size": 16})
-    after_profile, log = _build(profile, docker_api, image_cleanup)
+    after_profile, log = _build(profile, docker_client.api, image_cleanup)
     assert after_profile.cache_hits == 2
     assert [line for line in log if "Using cache" in line] == [" ---> Using cache"] * 2
     assert after_profile.layers[:2] == built.layers[:2]
     assert after_profile.layers[2] != built.layers[2]
 
-    model = dataclasses.replace(base, tag="model", saved_model_dir=tiny_models["second"])
-    after_model, _ = _build(model, docker_api, image_cleanup)
+    model = dataclasses.replace(base, tag="model", saved_model_dir=tiny_models["b"])
+    after_model, _ = _build(model, docker_client.api, image_cleanup)
     assert after_model.cache_hits == 1  # ENV MODEL_NAME
     assert after_model.layers[0] == built.layers[0]
     assert after_model.layers[1] != built.layers[1]
     for path in ("/models/models.config", "/models/batching_parameters.txt"):
-        assert _file_in_image(docker_api, model.image_ref, path) == \
-            _file_in_image(docker_api, base.image_ref, path)
+        assert _file_in_image(docker_client.api, model.image_ref, path) == \
+            _file_in_image(docker_client.api, base.image_ref, path)
 
 
 @pytest.mark.docker
@@ -337,16 +335,16 @@ def test_engine_unreachable_is_retryable_with_a_clear_message(image_spec):
 
 
 @pytest.mark.docker
-def test_push_refused_is_retryable_and_never_shows_credentials(docker_api, standin_base,
+def test_push_refused_is_retryable_and_never_shows_credentials(docker_client, standin_base,
                                                                image_spec, image_cleanup):
     password = "s3cret-Pa55word"
     spec = image_spec(base_image=standin_base)
     spec = dataclasses.replace(spec, repository=spec.repository.replace(
         spec.repository.split("/")[0], "127.0.0.1:5999"))
-    built, _ = _build(spec, docker_api, image_cleanup)
+    built, _ = _build(spec, docker_client.api, image_cleanup)
     log: list[str] = []
     with pytest.raises(ImageBuildError) as err:
-        images.push_image(built, client=docker_api, on_log=log.append,
+        images.push_image(built, client=docker_client.api, on_log=log.append,
                           auth={"username": "alice", "password": password})
     assert err.value.retryable is True
     message = str(err.value)
@@ -356,11 +354,11 @@ def test_push_refused_is_retryable_and_never_shows_credentials(docker_api, stand
 
 
 @pytest.mark.docker
-def test_missing_base_image_is_named(docker_api, registry_addr, image_spec, image_cleanup):
+def test_missing_base_image_is_named(docker_client, registry_addr, image_spec, image_cleanup):
     missing = f"{registry_addr}/modelyard-test/no-such-base:{images.__name__.replace('.', '-')}"
     spec = image_spec(base_image=missing)
     with pytest.raises(ImageBuildError) as err:
-        _build(spec, docker_api, image_cleanup)
+        _build(spec, docker_client.api, image_cleanup)
     message = str(err.value)
     assert f"Base image '{missing}' is not available" in message
     assert "present in the local Docker engine or pullable" in message

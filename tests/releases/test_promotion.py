@@ -10,7 +10,6 @@ import pytest
 from metrics.models import VersionMetrics
 from registry.models import AuditEvent
 from releases.models import Endpoint, Environment, Promotion, Release
-from tests.releases.serving_fixtures import launch_server, LiveServer  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -267,3 +266,35 @@ def test_a_signature_change_fails_its_gate_before_approval_and_goes_live_only_wi
                                   "on Monday); clients of the previous version must adapt: output 'probs' has shape "
                                   "[?, 4], live v1 has [?, 3]"]
     assert api.get(f"/api/v1/releases/{first.pk}/").json()["warnings"] == []
+
+
+@pytest.mark.django_db
+def test_an_endpoint_failing_a_rollback_is_a_500_with_its_message_in_the_api_and_the_admin(
+        api, client, django_user_model, ready, immediate, django_capture_on_commit_callbacks):
+    """An EndpointError raised inside the request (the rollback runs the driver there) is mapped by
+    the one exception handler: status 500, code server_error, the endpoint's own message and the
+    request id; the admin action shows the same message. Nothing changes."""
+    from django.contrib.auth.models import Permission
+
+    first, second = ready["image_ready"](ready["v1"]), ready["image_ready"](ready["v2"])
+    promote(api, first, django_capture_on_commit_callbacks)
+    promote(api, second, django_capture_on_commit_callbacks)
+    assert second.state == "live"
+    Endpoint.objects.filter(pk=ready["endpoint"].pk).update(grpc_target="127.0.0.1:9")  # nothing listens there
+
+    response = api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "spike"}, format="json",
+                        HTTP_X_REQUEST_ID="rollback-1")
+    error = response.json()["error"]
+    assert response.status_code == 500 and error["code"] == "server_error", response.content
+    assert "127.0.0.1:9" in error["message"] and error["request_id"] == "rollback-1"
+    assert "Quote request id rollback-1" in error["message"]
+
+    operator = django_user_model.objects.create_user("op", password="pw-op-12345", is_staff=True)
+    operator.user_permissions.add(*Permission.objects.filter(codename__in=["change_release", "view_release"]))
+    client.force_login(operator)
+    page = client.post("/admin/releases/release/", {"action": "rollback", "_selected_action": [second.pk]},
+                       follow=True)
+    shown = error["message"].split(" Quote request id")[0]
+    assert page.status_code == 200 and f"Release {second.pk}: {shown}" in page.content.decode()
+    second.refresh_from_db()
+    assert second.state == "live" and stable_version(ready["server"], ready["model"].name) == 2

@@ -18,8 +18,9 @@ from releases.deploy.repository_engine import (
 from releases.tfserving import (
     EndpointUnreachable, LoadFailed, ModelServerConfig, ServingTimeout, SignatureMismatch, TFServingClient,
     VersionNotLoaded, WrongAnswers)
-from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
-from tests.releases.serving_fixtures import LiveServer, Models, free_port
+from tests.factories import Models
+from tests.processes import free_port
+from tests.releases.serving_fixtures import LiveServer
 from releases.traffic import Traffic
 
 TOLERANCE = (1e-5, 1e-6)

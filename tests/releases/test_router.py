@@ -14,8 +14,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from releases.deploy import repository_engine as engine
 from releases.router import serve, write_route
 from releases.tfserving import TFServingClient
-from tests.releases.serving_fixtures import *  # noqa: F401,F403  (fixtures)
-from tests.releases.serving_fixtures import LiveServer, Models
+from tests.factories import Models
+from tests.releases.serving_fixtures import LiveServer
 from releases.traffic import Traffic
 
 MODEL = "routed"

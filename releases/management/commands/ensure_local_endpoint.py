@@ -16,7 +16,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from registry.errors import RegistryError
+from registry.errors import ModelyardError
 from releases import promotion
 from releases.endpoints import validate_repository
 from releases.models import Endpoint, Environment
@@ -52,7 +52,7 @@ class Command(BaseCommand):
                images: str, **options: Any) -> None:
         try:
             repo, config = validate_repository(repository)  # the policy, before anything is created
-        except RegistryError as exc:
+        except ModelyardError as exc:
             raise CommandError(f"{exc.message} (set MODELYARD_SERVING_ROOTS to allow it)") from None
         env = Environment.objects.get(name=environment)
         build = images == "auto" and engine_reachable()
@@ -68,7 +68,7 @@ class Command(BaseCommand):
                 endpoint = promotion.endpoint_create(actor=None, name=name, **fields)
             else:
                 endpoint = promotion.endpoint_update(actor=None, endpoint=existing, **fields)
-        except RegistryError as exc:
+        except ModelyardError as exc:
             raise CommandError(exc.message) from None
         repo.mkdir(parents=True, exist_ok=True)
         how = "builds images (Docker engine reachable)" if build else "promotes the SavedModel directly (no image)"
