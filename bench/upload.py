@@ -7,8 +7,8 @@ What it does, all inside one private temporary directory that is removed at the 
 
 1. sets up a fresh app instance (MODELYARD_VAR_DIR, migrate, a superuser and its API token) and
    starts ``gunicorn config.wsgi:application`` with one sync worker on a free local port;
-2. builds a real artifact the registry accepts: the tiny tf_keras SavedModel of
-   ``tests/factories.py`` zipped together with ``assets/bench-padding.bin``, incompressible random
+2. builds a real artifact the registry accepts: a tiny tf_keras SavedModel (8 features,
+   3 classes) zipped together with ``assets/bench-padding.bin``, incompressible random
    bytes stored uncompressed (ZIP_STORED), for a total of ``--size-mib`` (``--payload weights``
    puts the bulk in the model's variables instead, which inspection's TensorFlow load reads);
 3. uploads a small model once, so the worker has imported TensorFlow before anything is measured;
@@ -196,15 +196,15 @@ def start_server(root: Path, env: dict[str, str], app: str, pythonpath: str | No
 
 SAVE_MODELS = """
 import sys
-from pathlib import Path
 
-from tests.factories import save_saved_model
+import tf_keras as keras
 
-save_saved_model(Path(sys.argv[1]))
+keras.utils.set_random_seed(0)
+inputs = keras.Input(shape=(8,), name="features")  # a tiny classifier: 8 features -> 3 classes
+hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probs")(hidden), name="tiny").save(
+    sys.argv[1], save_format="tf")
 if len(sys.argv) > 2:  # a model whose weights are the bulk: an Embedding table of rows x 256 float32
-    import tf_keras as keras
-
-    keras.utils.set_random_seed(0)
     inputs = keras.Input(shape=(1,), dtype="int32", name="ids")
     table = keras.layers.Embedding(int(sys.argv[3]), 256, name="table")(inputs)
     outputs = keras.layers.Dense(3, activation="softmax", name="probs")(keras.layers.Flatten()(table))
@@ -213,8 +213,8 @@ if len(sys.argv) > 2:  # a model whose weights are the bulk: an Embedding table 
 
 
 def save_models(env: dict[str, str], *args: str) -> None:
-    """tf_keras SavedModels (the tests' tiny one, see tests/factories.py), saved in a subprocess so
-    this process never loads TensorFlow."""
+    """tf_keras SavedModels built with TensorFlow directly (nothing from tests/), saved in a
+    subprocess so this process never loads TensorFlow."""
     done = subprocess.run([str(PY), "-c", SAVE_MODELS, *args], cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"could not save the SavedModel(s):\n{done.stderr[-3000:]}")
