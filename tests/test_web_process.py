@@ -99,8 +99,8 @@ def web(instance, settings, storage_root, tmp_path):  # type: ignore[no-untyped-
     def answers() -> bool:
         assert proc.poll() is None, log_path.read_text()[-3000:]
         try:
-            return requests.get(base + "/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(base + "/healthz", timeout=10).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
             return False
 
     try:
@@ -177,8 +177,11 @@ def api_pages(job_id: int, release_ids: list[int]) -> list[str]:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_web_worker_serving_every_page_never_imports_tensorflow(instance, web, artifacts) -> None:
+    from optimization.models import OptimizationJob
+    from registry.models import ModelVersion
     from releases.models import Endpoint
 
+    v1 = ModelVersion.objects.get(model__name="digits", number=1)
     browser = Browser(web, instance["token"])
     live, canary, draft = instance["live"], instance["canary"], instance["draft"]
     releases = [live.pk, canary.pk, draft.pk]
@@ -187,8 +190,9 @@ def test_a_web_worker_serving_every_page_never_imports_tensorflow(instance, web,
     # dataset checked against v1's signature), console forms, requests that only enqueue (an
     # optimization job, a submit), health checks three ways, the canary's completion and its
     # rollback (label flips on the live server).
-    with open(artifacts["tflite"], "rb") as fh:
-        browser.api("POST", "/models/digits/versions/", 201, files={"artifact": ("m.tflite", fh)})
+    for key in ("tflite", "keras", "h5", "tar"):  # every format; SavedModel zips were seeded
+        with open(artifacts[key], "rb") as fh:
+            browser.api("POST", "/models/digits/versions/", 201, files={"artifact": (artifacts[key].name, fh)})
     with open(instance["eval_npz"], "rb") as fh:
         browser.api("POST", "/models/digits/datasets/", 201, files={"file": ("more.npz", fh)},
                     data={"role": "calibration", "version": "1"})
@@ -204,6 +208,8 @@ def test_a_web_worker_serving_every_page_never_imports_tensorflow(instance, web,
     browser.post("/endpoints/", {"endpoint": "local"})
     browser.post("/admin/releases/endpoint/", {"action": "check_health",
                                                "_selected_action": Endpoint.objects.get(name="local").pk})
+    browser.post("/admin/registry/modelversion/", {"action": "measure_versions", "_selected_action": v1.pk})
+    assert OptimizationJob.objects.filter(source=v1, recipe__technique="measure").count() == 1  # queued
     assert browser.api("POST", f"/releases/{canary.pk}/complete/")["state"] == "live"
     after = browser.api("GET", "/endpoints/local/?refresh=1")["health"]["digits"]["labels"]
     assert after == {"stable": 2, "canary": 2}
