@@ -3,9 +3,11 @@ unpacking it privately and loading it, before anything is registered.
 
 Two halves. ``inspect_artifact`` runs in the calling (web) process: it checks the file name,
 makes a private work directory, and hands the job to a warm inspector process
-(``registry/inspector.py``); it never imports TensorFlow. ``inspect_here`` and the readers below
-it run only inside that inspector (``registry/inspect_worker.py``), where a crash, a runaway
-allocation or an endless load costs the inspector, not the server.
+(``registry/inspector.py``); it never imports TensorFlow (nothing at this module's top level
+does: TensorFlow, tf_keras and h5py are imported inside the readers; tests/test_web_process.py
+checks a web worker after uploads of every format). ``inspect_here`` and the readers below it run
+only inside that inspector (``registry/inspect_worker.py``), where a crash, a runaway allocation
+or an endless load costs the inspector, not the server.
 """
 from __future__ import annotations
 
