@@ -193,13 +193,16 @@ def test_a_web_worker_serving_every_page_never_imports_tensorflow(instance, web,
     for key in ("tflite", "keras", "h5", "tar"):  # every format; SavedModel zips were seeded
         with open(artifacts[key], "rb") as fh:
             browser.api("POST", "/models/digits/versions/", 201, files={"artifact": (artifacts[key].name, fh)})
-    with open(instance["eval_npz"], "rb") as fh:
-        browser.api("POST", "/models/digits/datasets/", 201, files={"file": ("more.npz", fh)},
-                    data={"role": "calibration", "version": "1"})
+    for role in ("train", "calibration"):
+        with open(instance["eval_npz"], "rb") as fh:
+            browser.api("POST", "/models/digits/datasets/", 201, files={"file": (f"{role}.npz", fh)},
+                        data={"role": role, "version": "1"})
     browser.post("/models/digits/alias/", {"alias": "challenger", "version": "2"})
     browser.post("/models/digits/release/", {"version": "1", "environment": "staging", "notes": "from the console"})
     job = browser.api("POST", "/optimization-jobs/", 202,
                       json={"model": "digits", "version": 1, "recipe": {"technique": "ptq_int8"}})
+    browser.api("POST", "/optimization-jobs/", 202, json={  # planning auto picks candidates per technique
+        "model": "digits", "version": 2, "recipe": {"technique": "auto", "params": {"max_accuracy_drop": 0.01}}})
     browser.api("POST", f"/releases/{draft.pk}/submit/")
     health = browser.api("GET", "/endpoints/local/?refresh=1")
     assert health["reachable"] is True and health["health_error"] == ""
