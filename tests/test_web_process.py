@@ -204,6 +204,10 @@ def test_a_web_worker_serving_every_page_never_imports_tensorflow(instance, web,
     browser.api("POST", "/optimization-jobs/", 202, json={  # planning auto picks candidates per technique
         "model": "digits", "version": 2, "recipe": {"technique": "auto", "params": {"max_accuracy_drop": 0.01}}})
     browser.api("POST", f"/releases/{draft.pk}/submit/")
+    browser.api("POST", "/endpoints/", 201, json={  # a serving profile's batching is a TF Serving message
+        "name": "batched", "environment": "staging", "kind": "model_repository", "grpc_target": "127.0.0.1:1",
+        "repository_path": str(instance["server"].root / "batched"),
+        "profile": {"batching": {"max_batch_size": 8, "allowed_batch_sizes": [4, 8]}}})
     health = browser.api("GET", "/endpoints/local/?refresh=1")
     assert health["reachable"] is True and health["health_error"] == ""
     assert health["health"]["digits"]["labels"] == {"stable": 1, "canary": 2}
