@@ -2,7 +2,11 @@
 
 Every member is checked before a byte is written: no absolute paths, no ``..``, no links or
 device files, a bounded member count, and a bounded total unpacked size and compression ratio
-(enforced on the bytes actually written, since archive headers can lie).
+(enforced on the bytes actually decompressed, since archive headers can lie).
+
+A zip can also be unpacked in part (``open_zip``): members are written on demand, and the ones
+nobody needs are read through their decompressor (CRC, bomb budget) without being written, so an
+archive is refused for the same reasons whichever members a caller writes.
 """
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -73,28 +79,11 @@ def _copy(src: IO[bytes], dest: Path, budget: _Budget) -> None:
             out.write(chunk)
 
 
-def extract_zip(archive: Path, dest: Path, limits: Limits) -> None:
+@contextmanager
+def _zip_errors() -> Iterator[None]:
+    """What zipfile and the decompressors raise on a damaged or hostile archive, as our errors."""
     try:
-        with zipfile.ZipFile(archive) as zf:
-            infos = zf.infolist()
-            _check_count(len(infos), limits)
-            members = []
-            for info in infos:
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise UnsafeArchive(f"Archive member {info.filename!r} is a symbolic link; links are not allowed.")
-                if info.flag_bits & 0x1:
-                    raise CorruptArtifact(f"Archive member {info.filename!r} is encrypted; upload an archive "
-                                          "without a password.")
-                members.append((info, safe_member_path(info.filename)))
-            budget = _Budget(limits, archive.stat().st_size)
-            for info, rel in members:
-                target = dest / rel
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                with zf.open(info) as src:
-                    _copy(src, target, budget)
+        yield
     except FileExistsError as exc:
         raise UnsafeArchive(f"The archive contains the same path twice: {exc.filename}") from exc
     except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, NotImplementedError, zlib_error(),
@@ -102,6 +91,78 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> None:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # a real I/O error on our side (e.g. disk full); bz2 reports bad data without errno
         raise CorruptArtifact(f"The zip archive is corrupt or truncated: {exc}") from exc
+
+
+@dataclass
+class ZipMembers:
+    """An open zip whose every member passed the checks (names, links, encryption, count).
+
+    ``write`` unpacks the members a caller selects, ``verify_rest`` reads the others through without
+    writing them; all of it counts against one bomb budget."""
+
+    zf: zipfile.ZipFile
+    members: list[tuple[zipfile.ZipInfo, PurePosixPath]]
+    budget: _Budget
+    done: set[str] = field(default_factory=set)
+
+    def files(self) -> set[PurePosixPath]:
+        return {rel for info, rel in self.members if not info.is_dir()}
+
+    def top_level(self) -> list[str]:
+        """The names unpacking would create at the top of the destination."""
+        return sorted({rel.parts[0] for _, rel in self.members if rel.parts})
+
+    def write(self, dest: Path, select: Callable[[PurePosixPath], bool]) -> None:
+        """Unpack into ``dest`` every member not handled yet for which ``select(path)`` is true."""
+        with _zip_errors():
+            for info, rel in self.members:
+                if info.filename in self.done or not select(rel):
+                    continue
+                self.done.add(info.filename)
+                target = dest / rel
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                with self.zf.open(info) as src:
+                    _copy(src, target, self.budget)
+
+    def verify_rest(self) -> None:
+        """Read every member not written through its decompressor and CRC check, writing nothing."""
+        with _zip_errors():
+            for info, _ in self.members:
+                if info.filename not in self.done and not info.is_dir():
+                    self.done.add(info.filename)
+                    with self.zf.open(info) as src:
+                        _drain_to_end(src, self.budget)
+
+
+@contextmanager
+def open_zip(archive: Path, limits: Limits) -> Iterator[ZipMembers]:
+    with _zip_errors():
+        zf = zipfile.ZipFile(archive)
+    with zf:
+        with _zip_errors():
+            infos = zf.infolist()
+            _check_count(len(infos), limits)
+            members, files = [], set()
+            for info in infos:
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise UnsafeArchive(f"Archive member {info.filename!r} is a symbolic link; links are not allowed.")
+                if info.flag_bits & 0x1:
+                    raise CorruptArtifact(f"Archive member {info.filename!r} is encrypted; upload an archive "
+                                          "without a password.")
+                rel = safe_member_path(info.filename)
+                if not info.is_dir() and rel in files:  # caught here even for members never written
+                    raise UnsafeArchive(f"The archive contains the same path twice: {rel}")
+                files.add(rel)
+                members.append((info, rel))
+        yield ZipMembers(zf, members, _Budget(limits, archive.stat().st_size))
+
+
+def extract_zip(archive: Path, dest: Path, limits: Limits) -> None:
+    with open_zip(archive, limits) as members:
+        members.write(dest, lambda rel: True)
 
 
 def extract_tar(archive: Path, dest: Path, limits: Limits) -> None:
@@ -135,9 +196,10 @@ def extract_tar(archive: Path, dest: Path, limits: Limits) -> None:
 
 
 def _drain_to_end(stream: IO[bytes] | None, budget: _Budget) -> None:
-    """Read the rest of the (decompressed) stream after the tar end-of-archive marker.
+    """Read the rest of a (decompressed) stream without writing it: a zip member nobody needs
+    (zipfile checks its CRC at the end), or what follows the tar end-of-archive marker.
 
-    A flipped byte inside deflated data does not always break decoding: gzip only notices it in
+    For tar: a flipped byte inside deflated data does not always break decoding: gzip only notices it in
     the CRC at the end of the stream, which tarfile never reads because it stops at the end-of-
     archive blocks. Reading to the end makes gzip, bz2 and xz check their trailers, so a corrupt
     archive is refused as corrupt rather than as whatever garbage it decoded into. The trailing

@@ -3,9 +3,11 @@ unpacking it privately and loading it, before anything is registered.
 
 Two halves. ``inspect_artifact`` runs in the calling (web) process: it checks the file name,
 makes a private work directory, and hands the job to a warm inspector process
-(``registry/inspector.py``); it never imports TensorFlow. ``inspect_here`` and the readers below
-it run only inside that inspector (``registry/inspect_worker.py``), where a crash, a runaway
-allocation or an endless load costs the inspector, not the server.
+(``registry/inspector.py``); it never imports TensorFlow (nothing at this module's top level
+does: TensorFlow, tf_keras and h5py are imported inside the readers; tests/test_web_process.py
+checks a web worker after uploads of every format). ``inspect_here`` and the readers below it run
+only inside that inspector (``registry/inspect_worker.py``), where a crash, a runaway allocation
+or an endless load costs the inspector, not the server.
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from django.conf import settings
@@ -103,9 +105,12 @@ def job_request(path: Path, filename: str, workdir: Path) -> dict[str, Any]:
 def inspect_here(path: Path, filename: str, *, workdir: Path, limits: archives.Limits) -> Inspection:
     """Unpack and load the artifact in this process: only ever called inside the inspector."""
     fmt, container = detect_container(filename)
-    if container in ("zip", "tar"):
+    if container == "zip":
+        return inspect_saved_model_zip(path, workdir / "unpacked", limits)
+    if container == "tar":
         unpacked = workdir / "unpacked"
         unpacked.mkdir()
+        # A compressed stream is read once, in order: members cannot be chosen before they pass.
         archives.extract(path, unpacked, container, limits)
         return inspect_saved_model_dir(find_saved_model_root(unpacked))
     if container in ("keras", "h5"):
@@ -115,17 +120,69 @@ def inspect_here(path: Path, filename: str, *, workdir: Path, limits: archives.L
 
 # --- SavedModel ------------------------------------------------------------------------------
 
+NOT_A_SAVED_MODEL = ("The archive has no saved_model.pb at its root or inside a single top-level directory: "
+                     "it is not a SavedModel. Archive the directory written by tf.saved_model.save().")
+
+
+def saved_model_root_among(children: list[str], holds_pb: Callable[[str], bool]) -> str | None:
+    """Where saved_model.pb is: "" (the archive root), the single top-level folder's name, or None.
+    ``children``: names at the top of the archive; ``holds_pb(name)``: that folder ("" for the
+    root) directly holds a saved_model.pb file."""
+    if holds_pb(""):
+        return ""
+    children = [c for c in children if not c.startswith("__MACOSX")]
+    return children[0] if len(children) == 1 and holds_pb(children[0]) else None
+
+
 def find_saved_model_root(unpacked: Path) -> Path:
     """The directory holding saved_model.pb: the archive root, or its single top-level folder."""
-    if (unpacked / "saved_model.pb").is_file():
-        return unpacked
-    children = [c for c in unpacked.iterdir() if not c.name.startswith("__MACOSX")]
-    if len(children) == 1 and children[0].is_dir() and (children[0] / "saved_model.pb").is_file():
-        return children[0]
-    raise InvalidModel(
-        "The archive has no saved_model.pb at its root or inside a single top-level directory: "
-        "it is not a SavedModel. Archive the directory written by tf.saved_model.save()."
-    )
+    root = saved_model_root_among([c.name for c in unpacked.iterdir()],
+                                  lambda name: (unpacked / name / "saved_model.pb").is_file())
+    if root is None:
+        raise InvalidModel(NOT_A_SAVED_MODEL)
+    return unpacked / root
+
+
+def inspect_saved_model_zip(path: Path, unpacked: Path, limits: archives.Limits) -> Inspection:
+    """Unpack what loading the SavedModel reads, then load it.
+
+    Everything is written except the files of ``assets/`` the graph does not name (its
+    ``asset_file_def``): TensorFlow never opens those, and they can be most of the archive. They
+    are still read through (CRC and bomb budget, ``ZipMembers.verify_rest``), so the archive is
+    accepted or refused exactly as if it had been unpacked whole."""
+    unpacked.mkdir()
+    with archives.open_zip(path, limits) as members:
+        files = members.files()
+        root = saved_model_root_among(members.top_level(),
+                                      lambda name: PurePosixPath(name, "saved_model.pb") in files)
+        assets = PurePosixPath(root or "", "assets")
+        members.write(unpacked, lambda rel: root is None or assets not in rel.parents)
+        if root is None:
+            raise InvalidModel(NOT_A_SAVED_MODEL)
+        proto = read_saved_model_pb(unpacked / root)
+        named = {assets / name for name in asset_files(proto)}
+        signatures = signature_from_saved_model_pb(proto)
+        del proto  # may be large; not needed while TensorFlow loads the model
+        members.write(unpacked, lambda rel: rel in named)
+        members.verify_rest()
+    return inspect_saved_model_dir(unpacked / root, signatures)
+
+
+def asset_files(proto: Any) -> set[str]:
+    """The files under assets/ that a SavedModel's graphs may open (TF2's ``asset_file_def``, and
+    the ``saved_model_assets`` collection older TF1 exports also list them in)."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    names = set()
+    for meta in proto.meta_graphs:
+        names.update(a.filename for a in meta.asset_file_def)
+        if "saved_model_assets" not in meta.collection_def:  # (reading a missing key would add it)
+            continue
+        for packed in meta.collection_def["saved_model_assets"].any_list.value:
+            asset = meta_graph_pb2.AssetFileDef()
+            if packed.Unpack(asset):
+                names.add(asset.filename)
+    return names
 
 
 def _tensor_info(info: Any) -> dict[str, Any]:
@@ -137,8 +194,8 @@ def _tensor_info(info: Any) -> dict[str, Any]:
     return {"dtype": dtypes.as_dtype(info.dtype).name, "shape": dims}
 
 
-def signature_from_saved_model_pb(model_dir: Path) -> tuple[dict[str, Any], str]:
-    """Read every SignatureDef from saved_model.pb (the same data TF Serving's metadata shows)."""
+def read_saved_model_pb(model_dir: Path) -> Any:
+    """saved_model.pb parsed (a ``SavedModel`` message with at least one MetaGraph)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
@@ -148,6 +205,11 @@ def signature_from_saved_model_pb(model_dir: Path) -> tuple[dict[str, Any], str]
         raise CorruptArtifact(f"saved_model.pb cannot be parsed: {exc}") from exc
     if not proto.meta_graphs:
         raise InvalidModel("saved_model.pb holds no MetaGraph.")
+    return proto
+
+
+def signature_from_saved_model_pb(proto: Any) -> tuple[dict[str, Any], str]:
+    """Every SignatureDef of a parsed saved_model.pb (the same data TF Serving's metadata shows)."""
     meta = proto.meta_graphs[0]
     signatures = {}
     for key, sig in sorted(meta.signature_def.items()):
@@ -161,10 +223,11 @@ def signature_from_saved_model_pb(model_dir: Path) -> tuple[dict[str, Any], str]
     return signatures, meta.meta_info_def.tensorflow_version
 
 
-def inspect_saved_model_dir(model_dir: Path) -> Inspection:
+def inspect_saved_model_dir(model_dir: Path, read: tuple[dict[str, Any], str] | None = None) -> Inspection:
+    """``read``: what ``signature_from_saved_model_pb`` found, when saved_model.pb was parsed already."""
     import tensorflow as tf
 
-    signatures, written_with = signature_from_saved_model_pb(model_dir)
+    signatures, written_with = read or signature_from_saved_model_pb(read_saved_model_pb(model_dir))
     if "serving_default" not in signatures:
         raise InvalidModel(
             "The SavedModel has no 'serving_default' signature, so TF Serving could not serve it. "

@@ -2,13 +2,16 @@
 
 ``HashingUploadHandler`` replaces Django's default handlers (settings.FILE_UPLOAD_HANDLERS).
 It writes every uploaded file to a temporary file inside the storage root (so moving it into the
-blob store is a rename on one filesystem), computes its sha256 chunk by chunk, and stops the
-request with a 413 as soon as the configured size limit is crossed.
+blob store is a link on one filesystem), computes its sha256 chunk by chunk in the same pass, and
+stops the request with a 413 as soon as the configured size limit is crossed. Each chunk is hashed
+and written on a helper thread while the request thread reads and parses the next one (hashing
+and writing release the GIL), so the two overlap on two cores; one chunk at most is in flight.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,18 @@ def announced_too_large(content_length: int | None) -> bool:
     return bool(content_length) and content_length > settings.MAX_ARTIFACT_BYTES + 64 * 1024
 
 
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def hashing_pool() -> ThreadPoolExecutor:
+    """This process's chunk hashing/writing threads (a forked child makes its own: threads do not
+    survive a fork). One per concurrent upload is enough; four covers threaded servers."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload-hash"))
+    return _pool[1]
+
+
 class HashingUploadHandler(TemporaryFileUploadHandler):
     # Django's default 64 KiB makes gunicorn re-copy its buffer for every read; 1 MiB chunks
     # doubled upload throughput in bench/upload.py at no memory cost.
@@ -44,16 +59,35 @@ class HashingUploadHandler(TemporaryFileUploadHandler):
         super().new_file(*args, **kwargs)
         self._sha256 = hashlib.sha256()
         self._size = 0
+        self._pending: Future[None] | None = None
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
         self._size += len(raw_data)
         if self._size > settings.MAX_ARTIFACT_BYTES:
             self.upload_interrupted()
             raise TooLarge(upload_limit_message(settings.MAX_ARTIFACT_BYTES))
-        self._sha256.update(raw_data)
-        self.file.write(raw_data)
+        self._wait()  # the previous chunk first: bytes stay in order, and memory bounded
+        self._pending = hashing_pool().submit(self._hash_and_write, raw_data)
+
+    def _hash_and_write(self, chunk: bytes) -> None:
+        self._sha256.update(chunk)
+        self.file.write(chunk)
+
+    def _wait(self) -> None:
+        """Until the chunk in flight is hashed and written; its error (disk full) is raised here."""
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is not None:
+            pending.result()
+
+    def upload_interrupted(self) -> None:
+        try:
+            self._wait()  # never close the file under a write in flight
+        except Exception:  # noqa: BLE001 - the upload is being abandoned; its file goes next
+            pass
+        super().upload_interrupted()
 
     def file_complete(self, file_size: int) -> TemporaryUploadedFile:
+        self._wait()
         self.file.seek(0)
         self.file.size = file_size
         self.file.sha256 = self._sha256.hexdigest()  # type: ignore[attr-defined]

@@ -38,6 +38,7 @@ needs the network (no ``RUN``); the build runs with ``network_mode="none"``.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -204,50 +205,26 @@ def model_server_config_text(spec: ImageSpec) -> str:
     return text_format.MessageToString(config)
 
 
-_batching_class: Any = None
-
-
+@functools.cache
 def batching_parameters_class() -> Any:
-    """``tensorflow.serving.BatchingParameters``. tensorflow-serving-api does not ship
-    ``tensorflow_serving/servables/tensorflow/session_bundle_config_pb2``; when absent, the
-    message is declared here from session_bundle_config.proto (same package, names, field
-    numbers and types), in a private descriptor pool so it cannot clash with the real one."""
-    global _batching_class
-    if _batching_class is not None:
-        return _batching_class
-    try:
-        from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2  # type: ignore
+    """``tensorflow.serving.BatchingParameters``, declared from session_bundle_config.proto (same
+    package, names, field numbers and types; see ``releases.protos``). tensorflow-serving-api does
+    not ship its generated module, and one that did would import TensorFlow's protos: endpoint
+    profiles are checked in web processes, which never import TensorFlow."""
+    from releases import protos
 
-        _batching_class = session_bundle_config_pb2.BatchingParameters
-        return _batching_class
-    except ImportError:
-        pass
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
-
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    fdp = descriptor_pb2.FileDescriptorProto(
-        name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
-        package="tensorflow.serving", syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"])
+    fdp = protos.new_file("tensorflow_serving/servables/tensorflow/session_bundle_config.proto", wrappers=True)
     msg = fdp.message_type.add(name="BatchingParameters")
-    F = descriptor_pb2.FieldDescriptorProto
+    F = protos.Field
     for name, number, wrapper in (("max_batch_size", 1, "Int64Value"),
                                   ("batch_timeout_micros", 2, "Int64Value"),
                                   ("max_enqueued_batches", 3, "Int64Value"),
                                   ("num_batch_threads", 4, "Int64Value"),
                                   ("thread_pool_name", 5, "StringValue")):
-        msg.field.add(name=name, number=number, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE,
-                      type_name=f".google.protobuf.{wrapper}")
-    msg.field.add(name="allowed_batch_sizes", number=6, label=F.LABEL_REPEATED, type=F.TYPE_INT64)
-    msg.field.add(name="pad_variable_length_inputs", number=7, label=F.LABEL_OPTIONAL,
-                  type=F.TYPE_BOOL)
-    pool.Add(fdp)
-    _batching_class = message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-    return _batching_class
+        protos.add_field(msg, name, number, F.TYPE_MESSAGE, type_name=f".google.protobuf.{wrapper}")
+    protos.add_field(msg, "allowed_batch_sizes", 6, F.TYPE_INT64, repeated=True)
+    protos.add_field(msg, "pad_variable_length_inputs", 7, F.TYPE_BOOL)
+    return protos.message_classes(fdp)["BatchingParameters"]
 
 
 def batching_parameters(batching: Mapping[str, Any]) -> Any:

@@ -1,14 +1,22 @@
 """A small client for one TF Serving endpoint, over TF Serving's public protocol only.
 
-Everything goes through the official gRPC stubs of `tensorflow-serving-api` (ModelService:
-GetModelStatus, HandleReloadConfigRequest; PredictionService: Predict, GetModelMetadata), so the
-same code drives `python -m serving` and a real `tensorflow_model_server`. No Django inside.
+Everything goes through TF Serving's gRPC services (ModelService: GetModelStatus,
+HandleReloadConfigRequest; PredictionService: Predict, GetModelMetadata), so the same code drives
+`python -m serving` and a real `tensorflow_model_server`. No Django inside.
+
+ModelService calls (GetModelStatus, HandleReloadConfigRequest: endpoint health and the label
+flips of rollback and canary completion, which web processes run) use the messages of
+`releases.protos`, TensorFlow-free and the same bytes on the wire. PredictionService calls use the
+official stubs of `tensorflow-serving-api`, whose messages embed TensorFlow's protos, so importing
+any of them loads the whole tensorflow package: they are imported inside the methods that use them,
+which only promotion's validation (in workers) calls.
 
 Every failure is one of the `TFServingError` subclasses below, with a message a person can act on
 (which endpoint, which model and version, what the server said).
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -21,12 +29,8 @@ import numpy as np
 import requests
 from tensorflow_serving.config import model_server_config_pb2  # plain protobuf, no TensorFlow
 
+from releases import protos
 from releases.errors import EndpointError
-
-# TensorFlow and the gRPC stubs of tensorflow_serving.apis (whose messages embed TensorFlow's
-# protos, so importing any of them loads the whole tensorflow package) are imported inside the
-# functions that use them: importing this module — every web process does, through the admin —
-# must not load TensorFlow.
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
@@ -34,6 +38,7 @@ ModelServerConfig = model_server_config_pb2.ModelServerConfig
 STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
 AVAILABLE, END = "AVAILABLE", "END"
 POLL_INTERVAL_S = 0.2
+MODEL_SERVICE = "/tensorflow.serving.ModelService/"
 _UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE,)
 
 
@@ -130,10 +135,26 @@ class TFServingClient:
         self.rest_url = rest_url.rstrip("/") if rest_url else None
         self.timeout = timeout
         self._channel = grpc.insecure_channel(grpc_target)
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+        self._messages = protos.model_service_messages()
+        self._get_model_status = self._model_service("GetModelStatus")
+        self._reload_config = self._model_service("HandleReloadConfigRequest", "ReloadConfig")
 
-        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
-        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+    def _model_service(self, method: str, messages: str | None = None) -> Any:
+        """A ModelService method as a callable taking and returning ``releases.protos`` messages."""
+        request, response = (self._messages[f"{messages or method}{part}"] for part in ("Request", "Response"))
+        return self._channel.unary_unary(MODEL_SERVICE + method, request_serializer=request.SerializeToString,
+                                         response_deserializer=response.FromString)
+
+    @functools.cached_property
+    def _predictions(self) -> Any:
+        from tensorflow_serving.apis import prediction_service_pb2_grpc  # loads TensorFlow (see above)
+
+        return prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def _status_request(self, name: str) -> Any:
+        request = self._messages["GetModelStatusRequest"]()
+        request.model_spec.name = name
+        return request
 
     def close(self) -> None:
         self._channel.close()
@@ -164,12 +185,8 @@ class TFServingClient:
 
     def reachable(self, timeout: float = 2.0) -> bool:
         """True if the gRPC ModelService answers (and the REST port, when one is configured)."""
-        from tensorflow_serving.apis import get_model_status_pb2
-
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = "__modelyard_probe__"
         try:
-            self._models.GetModelStatus(request, timeout=timeout)
+            self._get_model_status(self._status_request("__modelyard_probe__"), timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() in _UNREACHABLE_CODES or exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return False
@@ -183,12 +200,8 @@ class TFServingClient:
 
     def model_status(self, name: str) -> dict[int, tuple[str, str]]:
         """version -> (state name, error message) from GetModelStatus; {} if the model is unknown."""
-        from tensorflow_serving.apis import get_model_status_pb2
-
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = name
         try:
-            response = self._models.GetModelStatus(request, timeout=self.timeout)
+            response = self._get_model_status(self._status_request(name), timeout=self.timeout)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return {}
@@ -202,12 +215,9 @@ class TFServingClient:
         It may block until newly added model names have loaded, hence the longer `timeout`.
         A non-OK answer raises ReloadRefused with the server's StatusProto message.
         """
-        from tensorflow_serving.apis import model_management_pb2
-
-        request = model_management_pb2.ReloadConfigRequest()
-        request.config.CopyFrom(config)
+        request = self._messages["ReloadConfigRequest"](config=config.SerializeToString())
         try:
-            response = self._models.HandleReloadConfigRequest(
+            response = self._reload_config(
                 request, timeout=timeout if timeout is not None else max(self.timeout, 60.0))
         except grpc.RpcError as exc:
             error = self._rpc_error(exc, "HandleReloadConfigRequest")

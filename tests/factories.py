@@ -165,3 +165,32 @@ def resource_hog_saved_model(directory: Path, kind: str, amount: int) -> Path:
     model = Model()
     tf.saved_model.save(model, str(directory), signatures={"serving_default": model.serve})
     return directory
+
+
+def vocabulary_saved_model(directory: Path, words: list[str]) -> Path:
+    """A SavedModel whose lookup table is filled from ``assets/vocab.txt`` when it is loaded: the
+    graph names that file (``asset_file_def``), and loading fails without it. Serving signature:
+    "words" string [None] -> "ids" int64 [None] (a word's line number, -1 if unknown)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    vocab = Path(tempfile.mkdtemp()) / "vocab.txt"  # saving copies it to assets/ under its own name
+    vocab.write_text("".join(f"{w}\n" for w in words))
+
+    class Model(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            initializer = tf.lookup.TextFileInitializer(
+                str(vocab), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
+            self.table = tf.lookup.StaticHashTable(initializer, default_value=-1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="words")])
+        def serve(self, words):  # type: ignore[no-untyped-def]
+            return {"ids": self.table.lookup(words)}
+
+    model = Model()
+    tf.saved_model.save(model, str(directory), signatures={"serving_default": model.serve})
+    vocab.unlink()
+    vocab.parent.rmdir()
+    return directory

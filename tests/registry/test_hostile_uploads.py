@@ -162,11 +162,13 @@ def test_zip_symlink_via_external_attr_is_refused(api, artifacts, snapshot, tmp_
 
 # --- bombs and limits ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["zip", "tar"])
-def test_decompression_bomb_over_ratio_is_refused(kind, api, artifacts, snapshot, settings, tmp_path):
+@pytest.mark.parametrize("kind, where", [("zip", "variables"), ("tar", "variables"), ("zip", "assets")],
+                         ids=["zip", "tar", "zip-asset-nobody-loads"])
+def test_decompression_bomb_over_ratio_is_refused(kind, where, api, artifacts, snapshot, settings, tmp_path):
+    # In assets/ and named by no graph, the member is read through, not written: still refused.
     settings.MAX_COMPRESSION_RATIO = 10  # the absolute limit stays at its (huge) default
     bomb = b"\0" * (4 * 1024 * 1024)
-    members = saved_model_members(artifacts) + [("variables/bomb.bin", bomb)]
+    members = saved_model_members(artifacts) + [(f"{where}/bomb.bin", bomb)]
     path = archive(kind, tmp_path / "model", members)
     unpacked = sum(len(d) for _, d in members)
     assert unpacked > max(10 * path.stat().st_size, 1024 * 1024)  # the case really is over the ratio
@@ -278,6 +280,37 @@ def test_zip_with_corrupt_member_data_is_refused(compression, api, snapshot, tmp
     response = upload(api, "digits", path)
 
     assert_error(response, 400, "corrupt_artifact", "corrupt")
+    before.assert_nothing_left()
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "deflate"])
+def test_zip_with_a_corrupt_asset_nobody_loads_is_refused(compression, api, artifacts, snapshot, tmp_path):
+    # Inspection does not write this member (no graph names it), but it reads it: a damaged
+    # archive is refused whichever member is damaged.
+    path = tmp_path / "model.zip"
+    data = bytes(range(256)) * 64
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in saved_model_members(artifacts):
+            zf.writestr(name, content)
+        zf.writestr(zipfile.ZipInfo("assets/unused.bin"), data, compress_type=compression)
+        offset = zf.getinfo("assets/unused.bin").header_offset
+    flip_bytes(path, offset + 30 + len("assets/unused.bin") + 100)
+    before = snapshot()
+
+    response = upload(api, "digits", path)
+
+    assert_error(response, 400, "corrupt_artifact", "corrupt")
+    before.assert_nothing_left()
+
+
+def test_zip_naming_one_asset_twice_is_refused(api, artifacts, snapshot, tmp_path):
+    path = write_zip(tmp_path / "model.zip", saved_model_members(artifacts) + [("assets/a.txt", b"one")],
+                     extra=[(zip_info("assets/a.txt"), b"two")])
+    before = snapshot()
+
+    response = upload(api, "digits", path)
+
+    assert_error(response, 400, "unsafe_archive", "same path twice")
     before.assert_nothing_left()
 
 
