@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.validators import RegexValidator
+from django.db.models import Manager
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from registry import jsonlimits
 from registry.models import (
     MAX_TAG_LENGTH, MAX_TAGS, AuditEvent, Dataset, ModelAlias, ModelVersion, RegisteredModel, slug_validator,
+    username_of,
 )
 
 TAGS_HELP = (f"At most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters: lowercase letters, digits, "
@@ -124,17 +128,73 @@ class TagNamesField(serializers.Field):
         return [t.name for t in value.all()]
 
 
-class ModelOutput(serializers.ModelSerializer):
+_datetime = serializers.DateTimeField().to_representation  # DRF's format (ISO 8601, "Z" for UTC)
+
+
+class _PageList(serializers.ListSerializer):
+    """A page of a ``PageOutput``: what the rows show from other tables is fetched once for the
+    page (``load_page``), then each row is built directly from its instance."""
+
+    def to_representation(self, data: Any) -> list[dict[str, Any]]:
+        rows = list(data.all() if isinstance(data, Manager) else data)
+        self.child.load_page(rows)
+        return [self.child.row(instance) for instance in rows]
+
+
+class PageOutput(serializers.ModelSerializer):
+    """An output whose rows cost (nearly) nothing each: no per-field DRF machinery and no
+    prefetch per row (Django builds a queryset per instance and per prefetch). The declared
+    fields are the schema; ``row`` returns exactly them (``tests/registry/test_query_counts.py``
+    checks it against the schema)."""
+
+    class Meta:
+        list_serializer_class = _PageList
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        self.load_page([instance])
+        return self.row(instance)
+
+    def load_page(self, rows: list[Any]) -> None:
+        """Attach what ``row`` reads beyond the instance's own columns, in a few queries for all rows."""
+
+    def row(self, instance: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _names_by_id(pairs: Iterable[tuple[int, str]]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for pk, name in pairs:
+        found.setdefault(pk, []).append(name)
+    return {pk: sorted(names) for pk, names in found.items()}
+
+
+class ModelOutput(PageOutput):
     owner = serializers.CharField(source="owner.get_username")
     tags = TagNamesField()
     latest_version = serializers.IntegerField(read_only=True, allow_null=True)
 
-    class Meta:
+    class Meta(PageOutput.Meta):
         model = RegisteredModel
         fields = ["name", "description", "task", "tags", "owner", "latest_version", "created_at", "updated_at"]
 
+    def load_page(self, rows: list[RegisteredModel]) -> None:
+        """Tags and owners' usernames of the whole page in two queries (owners only if not held)."""
+        tags = _names_by_id(RegisteredModel.tags.through.objects.filter(registeredmodel_id__in=[m.pk for m in rows])
+                            .values_list("registeredmodel_id", "tag__name"))
+        owner = RegisteredModel._meta.get_field("owner")
+        owners = dict(get_user_model().objects.filter(pk__in={m.owner_id for m in rows if not owner.is_cached(m)})
+                      .values_list("pk", get_user_model().USERNAME_FIELD))
+        for model in rows:
+            model.tag_names = tags.get(model.pk, [])
+            model.owner_name = owners[model.owner_id] if model.owner_id in owners else model.owner.get_username()
 
-class VersionOutput(serializers.ModelSerializer):
+    def row(self, model: RegisteredModel) -> dict[str, Any]:
+        return {"name": model.name, "description": model.description, "task": model.task, "tags": model.tag_names,
+                "owner": model.owner_name, "latest_version": model.latest_version,
+                "created_at": _datetime(model.created_at), "updated_at": _datetime(model.updated_at)}
+
+
+class VersionOutput(PageOutput):
     model = serializers.CharField(source="model.name")
     version = serializers.IntegerField(source="number")
     sha256 = serializers.CharField(source="artifact_sha256")
@@ -146,30 +206,80 @@ class VersionOutput(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.get_username")
     metrics = serializers.SerializerMethodField(help_text="Harness measurements, one per eval dataset.")
 
-    class Meta:
+    class Meta(PageOutput.Meta):
         model = ModelVersion
         fields = ["model", "version", "format", "sha256", "size_bytes", "filename", "signature", "framework",
                   "parent", "source", "status", "description", "metadata", "tags", "aliases", "created_by",
                   "created_at", "metrics"]
 
-    def get_metrics(self, obj: ModelVersion) -> list[dict[str, Any]]:
-        from optimization.serializers import MetricsOutput  # optimization builds on the registry
+    def load_page(self, rows: list[ModelVersion]) -> None:
+        """What the page shows from other tables in at most four queries, whatever its size: the
+        model's name, the parent's number and the creator's username (joined on the page's ids
+        only, so the page's COUNT stays a plain one; skipped for versions that hold those objects
+        already, as a freshly registered one does), then tags, aliases and metrics."""
+        ids = [v.pk for v in rows]
+        joined = {pk: rest for pk, *rest in (
+            ModelVersion.objects.filter(pk__in=[v.pk for v in rows if not _holds_related(v)]).order_by()
+            .values_list("pk", "model__name", "parent__number", username_of("created_by")))}
+        tags = _names_by_id(ModelVersion.tags.through.objects.filter(modelversion_id__in=ids)
+                            .values_list("modelversion_id", "tag__name"))
+        aliases = _names_by_id(ModelAlias.objects.filter(version_id__in=ids).order_by()
+                               .values_list("version_id", "name"))
+        metrics = _metrics_by_version(ids)
+        for v in rows:
+            v.model_name, v.parent_number, v.created_by_name = joined.get(v.pk) or (
+                v.model.name, v.parent.number if v.parent else None, v.created_by.get_username())
+            v.tag_names, v.alias_names, v.metrics_rows = tags.get(v.pk, []), aliases.get(v.pk, []), metrics.get(v.pk, [])
 
-        return MetricsOutput(obj.metrics.all(), many=True).data
+    def row(self, v: ModelVersion) -> dict[str, Any]:
+        return {"model": v.model_name, "version": v.number, "format": v.format, "sha256": v.artifact_sha256,
+                "size_bytes": v.artifact_size, "filename": v.artifact_filename, "signature": v.signature,
+                "framework": v.framework, "parent": v.parent_number, "source": v.source, "status": v.status,
+                "description": v.description, "metadata": v.metadata, "tags": v.tag_names,
+                "aliases": self.get_aliases(v), "created_by": v.created_by_name,
+                "created_at": _datetime(v.created_at), "metrics": self.get_metrics(v)}
+
+    def get_metrics(self, obj: ModelVersion) -> list[dict[str, Any]]:
+        return obj.metrics_rows
 
     def get_aliases(self, obj: ModelVersion) -> list[str]:
-        return sorted(a.name for a in obj.aliases.all())
+        return obj.alias_names
 
 
-class AliasOutput(serializers.ModelSerializer):
+def _holds_related(version: ModelVersion) -> bool:
+    return all(ModelVersion._meta.get_field(name).is_cached(version) for name in ("model", "parent", "created_by"))
+
+
+def _metrics_by_version(ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Harness runs of these versions in one query, each shaped as ``optimization``'s
+    ``MetricsOutput`` (eval dataset id, the reference's number, metrics, time), oldest first."""
+    from optimization.models import VersionMetrics  # optimization builds on the registry
+
+    found: dict[int, list[dict[str, Any]]] = {}
+    for version_id, eval_dataset, reference, metrics, created_at in (
+            VersionMetrics.objects.filter(version_id__in=ids).order_by("pk")
+            .values_list("version_id", "eval_dataset_id", "reference__number", "metrics", "created_at")):
+        found.setdefault(version_id, []).append({"eval_dataset": eval_dataset, "reference": reference,
+                                                 "metrics": metrics, "created_at": _datetime(created_at)})
+    return found
+
+
+class AliasOutput(PageOutput):
+    """Reads ``model``, ``version`` and ``updated_by`` from the alias's related objects: query with
+    ``select_related`` (``services.alias_set`` returns them in hand)."""
+
     model = serializers.CharField(source="model.name")
     alias = serializers.CharField(source="name")
     version = serializers.IntegerField(source="version.number")
     updated_by = serializers.CharField(source="updated_by.get_username")
 
-    class Meta:
+    class Meta(PageOutput.Meta):
         model = ModelAlias
         fields = ["model", "alias", "version", "updated_by", "updated_at"]
+
+    def row(self, alias: ModelAlias) -> dict[str, Any]:
+        return {"model": alias.model.name, "alias": alias.name, "version": alias.version.number,
+                "updated_by": alias.updated_by.get_username(), "updated_at": _datetime(alias.updated_at)}
 
 
 class DatasetOutput(serializers.ModelSerializer):
