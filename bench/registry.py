@@ -100,7 +100,7 @@ from django.core.management import call_command
 from django.db import transaction
 from integrations.tokens import token_create
 from registry import services
-from registry.models import AuditEvent, ModelVersion, RegisteredModel, Tag
+from registry.models import AuditEvent, ModelVersion, RegisteredModel, Tag, newest_version_number
 from registry.uploads import StagedFile
 
 plan = json.loads(sys.argv[1])
@@ -132,6 +132,7 @@ with transaction.atomic():
                        object_id=str(v.pk), object_repr=f"{model.name} v{v.number}", model=model, version=v,
                        after={"number": v.number, "sha256": v.artifact_sha256, "format": v.format,
                               "source": v.source, "parent": None}) for v in rows])
+RegisteredModel.objects.update(latest_version=newest_version_number())  # what version_create keeps
 big = RegisteredModel.objects.get(name=plan["big"])
 services.alias_set(model=big, name=plan["alias"], version=services.get_version(big, plan["models"][plan["big"]]),
                    actor=user)
@@ -525,6 +526,7 @@ def main() -> int:
     parser.add_argument("--mlflow-venv", type=Path, default=REPO / "var" / "bench-mlflow-venv")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and server logs")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers and clean up (finally)
     root = Path(tempfile.mkdtemp(prefix="modelyard-bench-registry-"))
     targets: list[Target] = []
     try:
