@@ -117,6 +117,16 @@ def get_version(model: RegisteredModel, number: int | str) -> ModelVersion:
     return version
 
 
+def get_version_of(model_name: str, number: int | str) -> ModelVersion:
+    """Version ``number`` of the model named ``model_name`` with its model, parent and creator, in
+    one query; the 404 of ``get_model`` or ``get_version`` when either is missing."""
+    try:
+        return (ModelVersion.objects.select_related("model", "parent", "created_by")
+                .get(model__name=model_name, number=int(number)))
+    except (ModelVersion.DoesNotExist, ValueError):
+        return get_version(get_model(model_name), number)  # raises the 404 that applies
+
+
 # --- Versions --------------------------------------------------------------------------------
 
 def _check_metadata(metadata: Any) -> None:
@@ -179,12 +189,16 @@ def _insert_version(*, model: RegisteredModel, staged: StagedFile, found: inspec
                 # The rows it points at are the objects in hand; (model, number) is unique in the database.
                 _validated(version, database_checks=False)
                 version.save(force_insert=True)
+                tags = _tags(tag_names)
                 ModelVersion.tags.through.objects.bulk_create(
-                    [ModelVersion.tags.through(modelversion_id=version.pk, tag_id=t.pk) for t in _tags(tag_names)])
+                    [ModelVersion.tags.through(modelversion_id=version.pk, tag_id=t.pk) for t in tags])
                 audit.record(actor=actor, action="version.create", obj=version, model=model, version=version,
                              after={"number": number, "sha256": staged.sha256, "format": found.format,
                                     "source": source, "parent": parent.number if parent else None})
             model.latest_version = number
+            # What its output shows (registry.serializers.VersionOutput), known without a query:
+            # nothing can point an alias or a harness run at it before this returns.
+            version.tag_names, version.alias_names, version.metrics_rows = [t.name for t in tags], [], []
             return version
         except IntegrityError:
             # Only a counter behind the rows gets here (versions inserted without this service):
