@@ -224,9 +224,10 @@ class VersionOutput(PageOutput):
         only, so the page's COUNT stays a plain one; skipped for versions that hold those objects
         already), tags with aliases, and metrics. A version registered by this request comes with
         all of it (``services.version_create``): nothing is read back."""
+        missing = [v.pk for v in rows if not _holds_related(v)]
         joined = {pk: rest for pk, *rest in (
-            ModelVersion.objects.filter(pk__in=[v.pk for v in rows if not _holds_related(v)]).order_by()
-            .values_list("pk", "model__name", "parent__number", username_of("created_by")))}
+            ModelVersion.objects.filter(pk__in=missing).order_by()
+            .values_list("pk", "model__name", "parent__number", username_of("created_by")))} if missing else {}
         for v in rows:
             v.model_name, v.parent_number, v.created_by_name = joined.get(v.pk) or (
                 v.model.name, v.parent.number if v.parent else None, v.created_by.get_username())
