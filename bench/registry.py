@@ -30,8 +30,9 @@ What it does, inside one private temporary directory removed at the end (``--kee
    for ``--load-seconds``; the servers take turns, twice each.
 
 It prints p50 per operation for both and the ratio Modelyard / MLflow (target ≤ 1.0), and
-requests/s of the lists under load with the ratio (target ≥ 2.0). Exit status 1 when a target is
-missed. The operations:
+requests/s of the lists under load with the ratio (target ≥ 2.0), each beside the CPU the server's
+whole process tree spent per call (read from /proc: it moves much less than wall clock when other
+work shares the machine). Exit status 1 when a target is missed. The operations:
 
 | operation | Modelyard | MLflow |
 |---|---|---|

@@ -147,11 +147,11 @@ class _PageList(serializers.ListSerializer):
         return [self.child.row(instance) for instance in rows]
 
 
+# An output whose rows cost (nearly) nothing each: no per-field DRF machinery and no prefetch per
+# row (Django builds querysets per instance and per prefetch). The declared fields are the schema
+# (a comment, not a docstring: drf-spectacular would publish it); ``row`` returns exactly them
+# (tests/registry/test_query_counts.py checks the keys).
 class PageOutput(serializers.ModelSerializer):
-    """An output whose rows cost (nearly) nothing each: no per-field DRF machinery and no
-    prefetch per row (Django builds a queryset per instance and per prefetch). The declared
-    fields are the schema; ``row`` returns exactly them (``tests/registry/test_query_counts.py``
-    checks it against the schema)."""
 
     class Meta:
         list_serializer_class = _PageList
@@ -284,10 +284,9 @@ def _metrics_by_version(ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     return found
 
 
+# Reads model, version and updated_by from the alias's related objects: query with select_related
+# (services.alias_set returns them in hand).
 class AliasOutput(PageOutput):
-    """Reads ``model``, ``version`` and ``updated_by`` from the alias's related objects: query with
-    ``select_related`` (``services.alias_set`` returns them in hand)."""
-
     model = serializers.CharField(source="model.name")
     alias = serializers.CharField(source="name")
     version = serializers.IntegerField(source="version.number")

@@ -207,3 +207,17 @@ def test_an_alias_created_concurrently_is_a_clear_answer_not_a_500(alice, regist
         assert response.status_code == 200, response.content
         assert alias.version_id == v2.pk
     assert json.loads(json.dumps(response.json()))  # one JSON error or alias shape, never a 500 page
+
+
+@pytest.mark.django_db
+def test_rows_built_directly_have_exactly_the_declared_fields(api, alice, registered):
+    """The rows skip DRF's field machinery, so nothing else keeps them in line with the schema."""
+    from registry.serializers import AliasOutput, ModelOutput, VersionOutput
+
+    _versions(alice, registered, 3)
+    api.put("/api/v1/models/digits/aliases/champion", {"version": 3}, format="json")
+    rows = {VersionOutput: api.get("/api/v1/models/digits/versions/").json()["results"][0],
+            ModelOutput: api.get("/api/v1/models/").json()["results"][0],
+            AliasOutput: api.get("/api/v1/models/digits/aliases/").json()["results"][0]}
+    for output, row in rows.items():
+        assert list(row) == output.Meta.fields == list(output().fields), output.__name__
