@@ -259,10 +259,10 @@ class VersionOutput(PageOutput):
 
 def _tag_and_alias_names(ids: list[int]) -> QuerySet[Any]:
     """(version id, name, "tag" | "alias") for these versions: one round trip (UNION ALL) for two lists."""
-    kind = lambda name: Value(name, output_field=CharField())  # noqa: E731
     tags = ModelVersion.tags.through.objects.filter(modelversion_id__in=ids).values_list(
-        "modelversion_id", "tag__name", kind("tag"))
-    aliases = ModelAlias.objects.filter(version_id__in=ids).order_by().values_list("version_id", "name", kind("alias"))
+        "modelversion_id", "tag__name", Value("tag", output_field=CharField()))
+    aliases = ModelAlias.objects.filter(version_id__in=ids).order_by().values_list(
+        "version_id", "name", Value("alias", output_field=CharField()))
     return tags.union(aliases, all=True)
 
 
