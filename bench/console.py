@@ -63,6 +63,7 @@ def seed(n: int) -> dict[str, int]:
                               artifact_filename="m.zip", metadata={"recipe": {"technique": "prune"}},
                               created_by=alice) for i in range(2, n + 1)]
         ModelVersion.objects.bulk_create(batch, batch_size=1000)
+        RegisteredModel.objects.filter(pk=model.pk).update(latest_version=n)  # as version_create keeps it
         versions = list(ModelVersion.objects.filter(model=model).order_by("number"))
         VersionMetrics.objects.bulk_create([VersionMetrics(
             version=v, eval_dataset=ds, reference=None if v.number == 1 else root,

@@ -63,7 +63,7 @@ class ModelRow:
 
 
 def models_page(*, q: str = "", task: str = "", tag: str = "", page: Any = 1) -> tuple[Page, list[ModelRow]]:
-    models = (RegisteredModel.objects.annotate(latest=Max("versions__number"), num_versions=Count("versions"))
+    models = (RegisteredModel.objects
               .prefetch_related("tags", Prefetch("aliases", queryset=ModelAlias.objects.select_related("version")
                                                  .order_by("name")))
               .order_by("name"))
@@ -74,7 +74,9 @@ def models_page(*, q: str = "", task: str = "", tag: str = "", page: Any = 1) ->
     if tag:
         models = models.filter(tags__name=tag)
     page_obj = paginate(models, page)
-    rows = [ModelRow(m, m.latest, m.num_versions) for m in page_obj.object_list]
+    # latest_version is kept by registering; numbers are dense and versions never deleted, so it
+    # is also the count: no aggregate over every version of every model.
+    rows = [ModelRow(m, m.latest_version, m.latest_version or 0) for m in page_obj.object_list]
     live = _live_by_model([r.model.pk for r in rows])
     for row in rows:
         row.live = live.get(row.model.pk, {})

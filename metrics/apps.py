@@ -16,10 +16,10 @@ class MetricsConfig(AppConfig):
 
         blobrefs.register(VersionMetrics, "outputs_sha256")  # each run's raw outputs (.npz)
         # The version API output shows its runs; the registry declares the field, this app fills it.
-        extensions.provide_version_field("metrics", _version_metrics, prefetch=("metrics__reference",))
+        extensions.provide_version_field("metrics", _runs_by_version)
 
 
-def _version_metrics(version: Any) -> list[dict[str, Any]]:
-    from metrics.serializers import MetricsOutput
+def _runs_by_version(ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    from metrics.selectors import runs_by_version
 
-    return MetricsOutput(version.metrics.all(), many=True).data
+    return runs_by_version(ids)

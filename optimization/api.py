@@ -77,8 +77,7 @@ class VariantList(APIView):
     @extend_schema(responses=VariantsOutput)
     def get(self, request: Request, name: str, version: int) -> Response:
         parent = registry.get_version(registry.get_model(name), version)
-        variants = (ModelVersion.objects.with_related().filter(parent=parent).order_by("number")
-                    .prefetch_related("metrics__reference", "metrics"))
+        variants = ModelVersion.objects.filter(parent=parent).order_by("number")  # rows loaded per page
         return Response({
             "parent": {"version": parent.number, "format": parent.format,
                        "metrics": MetricsOutput(parent.metrics.all(), many=True).data},

@@ -3,36 +3,28 @@
 The version output has a ``metrics`` field (harness runs, one per eval dataset), but the runs are
 recorded by the ``metrics`` app, which builds on the registry: the registry must not import it.
 So the registry declares the field and its schema (``VersionOutput.get_metrics``), and the app
-that owns the data provides the renderer, and the related rows it reads, in its
-``AppConfig.ready`` (``metrics/apps.py``) — the way apps declare their blob columns in
-``registry.blobrefs``. Without a provider the field is an empty list and nothing is prefetched.
+that owns the data provides a loader in its ``AppConfig.ready`` (``metrics/apps.py``) — the way
+apps declare their blob columns in ``registry.blobrefs``. A loader takes a page's version ids and
+answers for all of them in one query (``VersionOutput.load_page``), so a page costs the same
+whatever its size. Without a provider the field is ``default`` for every version.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # registry.models imports this module (for the prefetches)
-    from registry.models import ModelVersion
+# ids of a page's versions -> {version id: the field's value}; ids it leaves out get the default.
+VersionFieldLoader = Callable[[list[int]], dict[int, Any]]
 
-VersionRenderer = Callable[["ModelVersion"], Any]
-
-_VERSION_FIELDS: dict[str, VersionRenderer] = {}
-_VERSION_PREFETCH: list[str] = []
+_VERSION_FIELDS: dict[str, VersionFieldLoader] = {}
 
 
-def provide_version_field(name: str, render: VersionRenderer, *, prefetch: tuple[str, ...] = ()) -> None:
-    """Let ``render(version)`` compute the version output's field ``name``; ``prefetch`` are the
-    lookups ``ModelVersion.objects.with_related()`` adds so a list renders it in batches."""
-    _VERSION_FIELDS[name] = render
-    _VERSION_PREFETCH.extend(p for p in prefetch if p not in _VERSION_PREFETCH)
+def provide_version_field(name: str, load: VersionFieldLoader) -> None:
+    """Let ``load(ids)`` compute the version output's field ``name`` for a page of versions."""
+    _VERSION_FIELDS[name] = load
 
 
-def version_field(name: str, version: ModelVersion, default: Any) -> Any:
-    """The field ``name`` of ``version`` as its provider renders it, or ``default`` without one."""
-    render = _VERSION_FIELDS.get(name)
-    return default if render is None else render(version)
-
-
-def version_prefetch() -> tuple[str, ...]:
-    return tuple(_VERSION_PREFETCH)
+def version_field_values(name: str, ids: list[int]) -> dict[int, Any]:
+    """The field ``name`` for these versions as its provider loads them ({} without a provider)."""
+    load = _VERSION_FIELDS.get(name)
+    return {} if load is None or not ids else load(ids)

@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from registry import extensions
 
 slug_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9_-]{0,99}$",
@@ -32,6 +32,11 @@ class Tag(models.Model):
         return self.name
 
 
+def username_of(user_field: str) -> models.F:
+    """The username behind a user foreign key, for ``annotate`` (``owner`` -> ``owner__username``)."""
+    return models.F(f"{user_field}__{get_user_model().USERNAME_FIELD}")
+
+
 class RegisteredModel(models.Model):
     class Task(models.TextChoices):
         CLASSIFICATION = "classification"
@@ -43,6 +48,11 @@ class RegisteredModel(models.Model):
     task = models.CharField(max_length=20, choices=Task.choices, default=Task.OTHER)
     tags = models.ManyToManyField(Tag, blank=True, related_name="models")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="models")
+    # Denormalized so that a page of models costs the page, not the registry: the number of the
+    # newest version (null before the first). ``services.version_create`` allocates the next number
+    # by incrementing it, in the transaction that inserts the version. Versions are never deleted
+    # and numbers are dense, so it is also the model's version count.
+    latest_version = models.PositiveIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -57,10 +67,6 @@ class ModelVersionQuerySet(models.QuerySet["ModelVersion"]):
     def ready(self) -> "ModelVersionQuerySet":
         """Versions whose artifact was accepted; ``failed`` ones are kept only as records."""
         return self.filter(status=ModelVersion.Status.READY)
-
-    def with_related(self) -> "ModelVersionQuerySet":
-        return self.select_related("model", "parent", "created_by").prefetch_related(
-            "tags", "aliases", *extensions.version_prefetch())  # e.g. the metrics app's runs
 
 
 class ModelVersion(models.Model):
@@ -126,6 +132,14 @@ class ModelVersion(models.Model):
                     f"{self} is immutable; only {', '.join(sorted(self.MUTABLE_FIELDS))} and tags may change."
                 )
         super().save(*args, **kwargs)
+
+
+def newest_version_number(versions: type[models.Model] | None = None) -> models.Subquery:
+    """The newest version number of the model in the outer query, for ``RegisteredModel``
+    updates: ``latest_version``'s value from the rows. ``versions`` is the version class to query
+    (a migration passes its historical one)."""
+    return models.Subquery((versions or ModelVersion).objects.filter(model=models.OuterRef("pk")).order_by()
+                           .values("model").annotate(n=models.Max("number")).values("n"))
 
 
 class ImmutableVersionError(Exception):

@@ -9,21 +9,31 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import F
+from django.db.models.functions import Coalesce
 
 from registry import archives, audit, blobrefs, datasets, inspection, jsonlimits
 from registry.blobstore import artifact_store
 from registry.errors import Conflict, NotFound, RegistryError
-from registry.models import MAX_TAGS, Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag
+from registry.models import (
+    MAX_TAGS, Dataset, ModelAlias, ModelVersion, RegisteredModel, Tag, newest_version_number,
+)
 from registry.uploads import StagedFile
 
 log = logging.getLogger(__name__)
 NUMBER_RETRIES = 5
 
 
-def _validated(obj: Any) -> None:
+def _validated(obj: Any, *, database_checks: bool = True) -> None:
+    """``full_clean()``; with ``database_checks=False`` only what needs no query (field validators
+    and ``clean()``): for a row whose foreign keys point at objects the caller holds, and whose
+    uniqueness the database's constraints enforce anyway (the caller maps the IntegrityError)."""
     try:
-        obj.full_clean()
+        if database_checks:
+            obj.full_clean()
+        else:
+            obj.clean_fields(exclude=[f.name for f in obj._meta.concrete_fields if f.is_relation])
+            obj.clean()
     except ValidationError as exc:
         raise RegistryError(_validation_message(exc), code="validation_error", details=exc.message_dict) from exc
 
@@ -34,18 +44,23 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def _tags(names: Iterable[str]) -> list[Tag]:
+    """The Tag rows for these names (lowered, deduplicated, sorted), creating the missing ones:
+    one query when they all exist, none for no tags."""
     unique = sorted({n.strip().lower() for n in names if n and n.strip()})
     if len(unique) > MAX_TAGS:
         raise RegistryError(f"At most {MAX_TAGS} tags are allowed; got {len(unique)}.", code="too_many_tags")
-    tags = []
+    if not unique:
+        return []
     for name in unique:
-        tag = Tag(name=name)
         try:
-            tag.clean_fields()
+            Tag(name=name).clean_fields()
         except ValidationError as exc:
             raise RegistryError(f"Invalid tag {name!r}: {' '.join(exc.messages)}", code="validation_error") from exc
-        tags.append(Tag.objects.get_or_create(name=name)[0])
-    return tags
+    found = {t.name: t for t in Tag.objects.filter(name__in=unique)}
+    if missing := [n for n in unique if n not in found]:
+        Tag.objects.bulk_create([Tag(name=n) for n in missing], ignore_conflicts=True)  # a racing twin is fine
+        found.update((t.name, t) for t in Tag.objects.filter(name__in=missing))
+    return [found[n] for n in unique]
 
 
 # --- Registered models -----------------------------------------------------------------------
@@ -93,10 +108,23 @@ def get_model(name: str) -> RegisteredModel:
 
 
 def get_version(model: RegisteredModel, number: int | str) -> ModelVersion:
+    """Version ``number`` of ``model`` or a 404, in one query; ``version.model`` is the caller's object."""
     try:
-        return ModelVersion.objects.with_related().get(model=model, number=int(number))
+        version = ModelVersion.objects.get(model=model, number=int(number))
     except (ModelVersion.DoesNotExist, ValueError):
         raise NotFound(f"Model {model.name!r} has no version {number}.", code="version_not_found") from None
+    version.model = model
+    return version
+
+
+def get_version_of(model_name: str, number: int | str) -> ModelVersion:
+    """Version ``number`` of the model named ``model_name`` with its model, parent and creator, in
+    one query; the 404 of ``get_model`` or ``get_version`` when either is missing."""
+    try:
+        return (ModelVersion.objects.select_related("model", "parent", "created_by")
+                .get(model__name=model_name, number=int(number)))
+    except (ModelVersion.DoesNotExist, ValueError):
+        return get_version(get_model(model_name), number)  # raises the 404 that applies
 
 
 # --- Versions --------------------------------------------------------------------------------
@@ -145,31 +173,50 @@ def discard_blob_if_unreferenced(sha256: str) -> None:
 def _insert_version(*, model: RegisteredModel, staged: StagedFile, found: inspection.Inspection,
                     actor: AbstractBaseUser, description: str, metadata: dict[str, Any], tag_names: list[str],
                     parent: ModelVersion | None, source: str) -> ModelVersion:
-    # The model row lock (PostgreSQL) or the IMMEDIATE transaction (SQLite) serializes number
-    # allocation; the unique constraint plus a retry covers any database that allows a race.
+    """Allocate the next number and insert the version, its tags and its audit row in one
+    transaction. The returned version holds everything its output shows (model, parent, creator
+    and tags are the objects used here): nothing is read back."""
     for attempt in range(NUMBER_RETRIES):
         try:
             with transaction.atomic():
-                RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
-                number = (ModelVersion.objects.filter(model=model).aggregate(n=Max("number"))["n"] or 0) + 1
+                number = _next_number(model)
                 version = ModelVersion(
                     model=model, number=number, format=found.format, artifact_sha256=staged.sha256,
                     artifact_size=staged.size, artifact_filename=staged.filename[:255], signature=found.signature,
                     framework=found.framework, parent=parent, source=source, description=description,
                     metadata=metadata, created_by=actor,
                 )
-                _validated(version)
-                version.save()
-                version.tags.set(_tags(tag_names))
+                # The rows it points at are the objects in hand; (model, number) is unique in the database.
+                _validated(version, database_checks=False)
+                version.save(force_insert=True)
+                tags = _tags(tag_names)
+                ModelVersion.tags.through.objects.bulk_create(
+                    [ModelVersion.tags.through(modelversion_id=version.pk, tag_id=t.pk) for t in tags])
                 audit.record(actor=actor, action="version.create", obj=version, model=model, version=version,
                              after={"number": number, "sha256": staged.sha256, "format": found.format,
                                     "source": source, "parent": parent.number if parent else None})
-                return version
+            model.latest_version = number
+            # What its output shows (registry.serializers.VersionOutput), known without a query:
+            # nothing can point an alias or a harness run at it before this returns.
+            version.tag_names, version.alias_names, version.metrics_rows = [t.name for t in tags], [], []
+            return version
         except IntegrityError:
+            # Only a counter behind the rows gets here (versions inserted without this service):
+            # set it from the rows and try again.
             if attempt == NUMBER_RETRIES - 1:
                 raise Conflict("Could not allocate a version number; please retry.", code="version_race") from None
-            log.info("version number race on %s, retrying", model.name)
+            log.warning("version counter of %s was behind its versions; resynchronizing", model.name)
+            RegisteredModel.objects.filter(pk=model.pk).update(latest_version=newest_version_number())
     raise AssertionError("unreachable")
+
+
+def _next_number(model: RegisteredModel) -> int:
+    """Take the next version number of ``model`` by incrementing its ``latest_version``. The
+    UPDATE locks the model's row (PostgreSQL; SQLite's IMMEDIATE transaction locks the database),
+    so concurrent registrations of one model get consecutive numbers without retrying."""
+    models_ = RegisteredModel.objects.filter(pk=model.pk)
+    models_.update(latest_version=Coalesce(F("latest_version"), 0) + 1)
+    return models_.values_list("latest_version", flat=True).get()
 
 
 @transaction.atomic
@@ -228,20 +275,27 @@ def version_unpack(version: ModelVersion, dest: Path) -> Path:
 
 @transaction.atomic
 def alias_set(*, model: RegisteredModel, name: str, version: ModelVersion, actor: AbstractBaseUser) -> ModelAlias:
+    """Point alias ``name`` of ``model`` at ``version`` (creating it), audited; returns the alias
+    built from the objects given (nothing is read back)."""
     if version.model_id != model.pk:
         raise RegistryError("An alias can only point at a version of its own model.", code="validation_error")
     if version.status != ModelVersion.Status.READY:
         raise Conflict(f"Version {version.number} is {version.status}; only ready versions can be aliased.")
-    alias = ModelAlias.objects.select_for_update().filter(model=model, name=name).first()
-    before = {"version": alias.version.number} if alias else None
-    if alias is None:
-        alias = ModelAlias(model=model, name=name, version=version, updated_by=actor)
+    alias = ModelAlias(model=model, name=name, version=version, updated_by=actor)
+    _validated(alias, database_checks=False)  # the name; (model, name) is unique in the database
+    current = (ModelAlias.objects.select_for_update(of=("self",)).filter(model=model, name=name).order_by()
+               .values_list("pk", "version__number").first())
+    if current is None:
+        try:
+            alias.save(force_insert=True)
+        except IntegrityError:  # created by a concurrent request since the SELECT (PostgreSQL)
+            raise Conflict(f"Alias {name!r} of {model.name!r} was created meanwhile by another request; "
+                           "retry to move it.", code="alias_race") from None
     else:
-        alias.version, alias.updated_by = version, actor
-    _validated(alias)
-    alias.save()
+        alias.pk = current[0]
+        alias.save(force_update=True)
     audit.record(actor=actor, action="alias.set", obj=alias, model=model, version=version,
-                 before=before, after={"version": version.number})
+                 before={"version": current[1]} if current else None, after={"version": version.number})
     return alias
 
 

@@ -52,4 +52,5 @@ def make_rows(owner, n: int, *, name: str = "rows"):  # type: ignore[no-untyped-
         if parent is None:
             parent = v
             ModelAlias.objects.create(model=model, name="champion", version=v, updated_by=owner)
+    RegisteredModel.objects.filter(pk=model.pk).update(latest_version=n)  # as version_create keeps it
     return model
