@@ -36,7 +36,7 @@ def statements(call):  # type: ignore[no-untyped-def]
 def _versions(owner, model: RegisteredModel, n: int) -> list[ModelVersion]:  # type: ignore[no-untyped-def]
     """``n`` versions straight in the database (no TensorFlow), each with what a row shows from
     other tables: two tags, a parent (after the first), an alias on every 3rd, metrics on every 2nd."""
-    from optimization.models import VersionMetrics
+    from metrics.models import VersionMetrics
     from registry.models import Dataset, Tag
 
     tags = [Tag.objects.get_or_create(name=name)[0] for name in ("vision", "candidate")]
