@@ -45,16 +45,18 @@ def before_the_move() -> Iterator[MigrationExecutor]:
 
 @pytest.mark.django_db(transaction=True)
 def test_moved_models_keep_their_rows_ids_and_permissions(before_the_move, alice) -> None:
-    model = RegisteredModel.objects.create(name="moved", owner=alice, task="classification")
-    version = ModelVersion.objects.create(model=model, number=1, format="saved_model", artifact_sha256="a" * 64,
-                                          artifact_size=1, artifact_filename="m.zip", created_by=alice)
-    dataset = Dataset.objects.create(model=model, name="eval.npz", role="eval", sha256="b" * 64, size_bytes=1,
-                                     arrays={}, created_by=alice)
-
     executor = before_the_move
     assert {"optimization_versionmetrics", "integrations_idempotencykey"} <= _tables()
     assert not {"metrics_versionmetrics", "registry_idempotencykey"} & _tables()
-    old = executor.loader.project_state(BEFORE_THE_MOVE[:3]).apps
+    old = executor.loader.project_state(BEFORE_THE_MOVE[:3]).apps  # the registry's tables as they were then
+    old_model = old.get_model("registry", "RegisteredModel").objects.create(
+        name="moved", owner_id=alice.pk, task="classification")
+    old_version = old.get_model("registry", "ModelVersion").objects.create(
+        model=old_model, number=1, format="saved_model", artifact_sha256="a" * 64, artifact_size=1,
+        artifact_filename="m.zip", created_by_id=alice.pk)
+    old_dataset = old.get_model("registry", "Dataset").objects.create(
+        model=old_model, name="eval.npz", role="eval", sha256="b" * 64, size_bytes=1, arrays={}, created_by_id=alice.pk)
+    version, dataset = old_version, old_dataset  # ids, until the current models can read them
     old_metrics = old.get_model("optimization", "VersionMetrics").objects.create(
         version_id=version.pk, eval_dataset_id=dataset.pk, metrics={"accuracy": 0.97, "harness_version": 2},
         samples={"inputs": [[0.5]]}, outputs_sha256="c" * 64)
@@ -67,6 +69,8 @@ def test_moved_models_keep_their_rows_ids_and_permissions(before_the_move, alice
 
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
+    model, version = RegisteredModel.objects.get(pk=old_model.pk), ModelVersion.objects.get(pk=old_version.pk)
+    dataset = Dataset.objects.get(pk=old_dataset.pk)
 
     assert {"metrics_versionmetrics", "registry_idempotencykey"} <= _tables()
     assert not {"optimization_versionmetrics", "integrations_idempotencykey"} & _tables()
