@@ -298,9 +298,12 @@ def _finish(promotion: Promotion, state: str, *, error: str = "", previous: int 
 
 
 def _apply(endpoint: Endpoint, outcome: deploy.Outcome) -> None:
-    """Mirror on the endpoint row what the driver changed (e.g. a docker endpoint's active container)."""
+    """Mirror on the endpoint row what the driver changed (e.g. a docker endpoint's active container),
+    and on ``endpoint`` itself: the health check that follows must look at the new target."""
     if outcome.endpoint_changes:
         Endpoint.objects.filter(pk=endpoint.pk).update(**outcome.endpoint_changes)
+        for field, value in outcome.endpoint_changes.items():
+            setattr(endpoint, field, value)
 
 
 def _promote_one(release: Release, promotion: Promotion) -> None:

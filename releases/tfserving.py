@@ -168,6 +168,8 @@ class TFServingClient:
         """True if the gRPC ModelService answers (and the REST port, when one is configured)."""
         from tensorflow_serving.apis import get_model_status_pb2
 
+        if not self.grpc_target:  # gRPC fails that call client-side with UNKNOWN, which reads as "answering"
+            return False
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "__modelyard_probe__"
         try:
