@@ -167,7 +167,7 @@ def _bool(key: str, value: Any) -> bool:
 
 
 def _batching(key: str, value: Any) -> dict[str, Any] | None:
-    from releases.images import ImageBuildError, batching_parameters
+    from releases.deploy.image_context import ImageBuildError, batching_parameters
 
     if value is None:
         return None
@@ -226,7 +226,7 @@ def _environment(key: str, value: Any) -> dict[str, str]:
 
 
 # Every key something reads: batching, gpu_memory_fraction, xla, prefer_tflite (Endpoint.serving_profile,
-# images.ImageSpec), gpu, mounts, environment (releases/deploy/docker_driver.py).
+# image_context.ImageSpec), gpu, mounts, environment (releases/deploy/docker_driver.py).
 PROFILE_SCHEMA = {
     "batching": _batching, "gpu_memory_fraction": _fraction, "xla": _bool, "prefer_tflite": _bool,
     "gpu": _bool, "mounts": _mounts, "environment": _environment,

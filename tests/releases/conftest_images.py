@@ -1,4 +1,4 @@
-"""Fixtures for the serving-image tests (releases/images.py), imported by test_images.py.
+"""Fixtures for the serving-image tests (releases/deploy/image_*.py), imported by test_images.py.
 
 Real engine and registry: ``bin/test-services`` starts them (``.ci/run`` installs them). When
 they are missing the docker tests fail with a message saying so - they are never skipped.
@@ -47,10 +47,10 @@ def registry_addr() -> str:
 @pytest.fixture(scope="session")
 def standin_base(docker_api) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A stand-in TF Serving base image, private to this test session."""
-    from releases import images
+    from releases.deploy import standin_image
 
     tag = f"modelyard-test/serving-standin:{RUN_ID}"
-    images.ensure_standin_base_image(docker_api, tag)
+    standin_image.ensure_standin_base_image(docker_api, tag)
     yield tag
     _remove(docker_api, tag)
 
@@ -68,7 +68,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:  # type: ignore[no-untyped
 @pytest.fixture
 def image_spec(tiny_models):  # type: ignore[no-untyped-def]
     """A factory of ImageSpecs with a unique repository per test (parallel runs never collide)."""
-    from releases import images
+    from releases.deploy import image_context
 
     repo = f"{REGISTRY}/modelyard-test/m{uuid.uuid4().hex[:10]}"
 
@@ -85,7 +85,7 @@ def image_spec(tiny_models):  # type: ignore[no-untyped-def]
             warmup_requests=[{"features": np.full((1, 8), float(i), np.float32)} for i in range(3)],
         )
         fields.update(overrides)
-        return images.ImageSpec(**fields)
+        return image_context.ImageSpec(**fields)
 
     return make
 
