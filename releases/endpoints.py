@@ -264,8 +264,8 @@ def _repository_fields(endpoint: Any) -> dict[str, Any]:
 def _docker_fields(endpoint: Any) -> dict[str, Any]:
     """A docker endpoint: a port base for its containers and an allowed engine."""
     if not endpoint.grpc_port_base:
-        raise EndpointRefused("grpc_port_base", "a docker endpoint needs it (containers use base/base+1 and "
-                                                "base+2/base+3)")
+        raise EndpointRefused("grpc_port_base", "a docker endpoint needs it (containers use base/base+1, "
+                                                "base+2/base+3 and base+4/base+5)")
     if endpoint.repository_path or endpoint.config_path:
         raise EndpointRefused("repository_path", "only model_repository endpoints have a repository")
     return {"docker_host": validate_docker_host(endpoint.docker_host)}

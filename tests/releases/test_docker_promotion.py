@@ -29,8 +29,8 @@ pytestmark = pytest.mark.docker
 
 def free_base() -> int:
     while True:
-        base = random.randrange(20000, 40000, 4)
-        if all(port_free(base + i) for i in range(4)):
+        base = random.randrange(20000, 40000, 6)
+        if all(port_free(base + i) for i in range(6)):
             return base
 
 
@@ -225,3 +225,9 @@ def test_a_canary_at_10_percent_splits_the_fixed_address_then_completes_or_rolls
     route = route_of(docker_endpoint)
     assert "canary" not in route and route["version"] == after_version
     assert served(docker_endpoint) == after_version
+
+    # The endpoint takes the next release: its new container needs ports that neither the active
+    # container nor the one kept for rollback holds.
+    other = 3 - after_version
+    ship(api, bob_api, other, capture, override="next release")
+    assert served(docker_endpoint) == other
