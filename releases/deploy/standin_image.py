@@ -101,8 +101,9 @@ def ensure_standin_base_image(client: Any, tag: str, *,
 
 # --- the serving harness: the stand-in base running this host's `python -m serving` ----------------
 
-def harness_mounts() -> list[Any]:
-    """Read-only bind mounts that let the busybox base run this host's Python + TensorFlow."""
+def harness_mount_specs() -> list[dict[str, Any]]:
+    """The read-only bind mounts that let the busybox base run this host's Python + TensorFlow, as
+    a docker endpoint's profile takes them (``{"source", "target", "read_only"}``)."""
     base_prefix = Path(os.path.realpath(sys.executable)).parents[1]  # e.g. ~/.pyenv/versions/3.11.7
     pairs: dict[str, str] = {}
     for target in ("/usr/lib", "/lib", "/lib64", "/usr/lib64"):
@@ -111,7 +112,13 @@ def harness_mounts() -> list[Any]:
     pairs[str(base_prefix)] = str(base_prefix)
     pairs[sys.prefix] = sys.prefix  # the virtualenv
     pairs[f"{HARNESS_SERVING_DIR}/serving"] = str(REPO_ROOT / "serving")
-    return [docker.types.Mount(target=t, source=s, type="bind", read_only=True) for t, s in pairs.items()]
+    return [{"source": source, "target": target, "read_only": True} for target, source in pairs.items()]
+
+
+def harness_mounts() -> list[Any]:
+    """``harness_mount_specs()`` as docker SDK mounts (for ``containers.promote_container``)."""
+    return [docker.types.Mount(target=m["target"], source=m["source"], type="bind", read_only=True)
+            for m in harness_mount_specs()]
 
 
 def harness_context(standin: str) -> bytes:

@@ -1,6 +1,8 @@
 """A release promoted to a `docker` endpoint on the real engine, end to end through the API:
 request → approval → image build+push → container beside the old one → verified through the
-official gRPC client → rolled back.
+official gRPC client → rolled back; and a 10 % canary through the API, counted by a gRPC and a
+REST client at the router's fixed address (`manage.py route_endpoint`), completed or rolled back,
+then the endpoint's next release.
 
 TEST HARNESS: the image's base is `harness_base` (tests/releases/container_fixtures.py), which
 runs our `serving` module with the host's Python bind-mounted read-only, standing in for the TF
@@ -21,7 +23,8 @@ from releases.deploy.containers import LABEL_ENDPOINT, port_free
 from releases.models import Endpoint, Environment, Release
 from releases.router import serve
 from releases.tfserving import TFServingClient
-from tests.releases.container_fixtures import docker_client, harness_base, harness_mounts  # noqa: F401
+from releases.deploy.standin_image import harness_mount_specs
+from tests.releases.container_fixtures import docker_client, harness_base  # noqa: F401
 from releases.traffic import RestTraffic, Traffic
 
 pytestmark = pytest.mark.docker
@@ -42,10 +45,9 @@ def docker_endpoint(settings, harness_base, docker_client):  # type: ignore[no-u
     settings.IMAGE_REGISTRY = "127.0.0.1:5000"
     settings.IMAGE_NAMESPACE = f"modelyard-test-{uuid.uuid4().hex[:8]}"
     settings.PROMOTION_DEADLINE = 180
-    mounts = [{"source": m["Source"], "target": m["Target"], "read_only": True} for m in harness_mounts()]
     endpoint = Endpoint.objects.create(
         name=f"gpu-{uuid.uuid4().hex[:6]}", environment=Environment.objects.get(name="production"), kind="docker",
-        grpc_port_base=free_base(), profile={"gpu": False, "mounts": mounts})
+        grpc_port_base=free_base(), profile={"gpu": False, "mounts": harness_mount_specs()})
     yield endpoint
     for container in docker_client.containers.list(all=True, filters={"label": f"{LABEL_ENDPOINT}={endpoint.name}"}):
         container.remove(force=True)
