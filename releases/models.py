@@ -205,6 +205,10 @@ class Promotion(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # while running: who runs it and when it last said so (a scheduled reaper restores the endpoint
+    # of a promotion whose worker died: releases.promotion.promotions_reap_stale)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

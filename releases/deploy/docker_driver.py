@@ -94,6 +94,23 @@ class DockerDriver(EndpointDriver):
                 self.backend(target), canary=None, active=state["previous_container_id"],
                 previous=state["active_container_id"]))
 
+    def recover(self, model: str, version: int, release_id: int, previous_version: int | None) -> Outcome:
+        with self.locked():  # a dead worker's flock went with it
+            client = self.docker()
+            state = self.state()
+            active = self.container(client, state["active_container_id"])
+            changes: dict[str, Any] = {}
+            if active is not None and active.labels.get(containers.LABEL_RELEASE) == str(release_id):
+                # The route had switched to the new container (or its canary split): back to the kept one.
+                target = containers.rollback_container(client, endpoint_name=self.spec.name,
+                                                       container_id=state["previous_container_id"])
+                changes = self.switch(self.backend(target), canary=None, active=target.container_id, previous="")
+            serving = changes.get("active_container_id", state["active_container_id"])
+            for container in containers.endpoint_containers(client, self.spec.name):
+                if container.labels.get(containers.LABEL_RELEASE) == str(release_id) and container.id != serving:
+                    container.remove(force=True)  # started by the dead promotion, never (or no longer) served
+        return Outcome(endpoint_changes=changes)
+
     def health(self) -> Health:
         with TFServingClient(self.spec.grpc_target, timeout=self.spec.rpc_timeout_s) as client:
             reachable = client.reachable()

@@ -20,7 +20,7 @@ from django.db import connection  # noqa: F401
 
 from releases.promotion import route_path
 from releases.deploy.containers import LABEL_ENDPOINT, port_free
-from releases.models import Endpoint, Environment, Release
+from releases.models import Endpoint, Environment, Promotion, Release
 from releases.router import serve
 from releases.tfserving import TFServingClient
 from releases.deploy.standin_image import harness_mount_specs
@@ -53,9 +53,8 @@ def docker_endpoint(settings, harness_base, docker_client):  # type: ignore[no-u
         container.remove(force=True)
 
 
-def ship(api, bob_api, version, capture, override="", canary_weight=None):  # type: ignore[no-untyped-def]
-    """Request, submit, approve (builds and pushes the image), promote: all through the API. With
-    ``canary_weight`` the promotion is ``{"canary": true, "weight": canary_weight}``."""
+def image_ready(api, bob_api, version, capture, override=""):  # type: ignore[no-untyped-def]
+    """Request, submit, approve (builds and pushes the image) through the API: the release."""
     release_id = api.post("/api/v1/releases/", {"model": "digits", "version": version, "environment": "production"},
                           format="json").json()["id"]
     api.post(f"/api/v1/releases/{release_id}/submit/")
@@ -64,6 +63,14 @@ def ship(api, bob_api, version, capture, override="", canary_weight=None):  # ty
                      format="json")
     release = Release.objects.get(pk=release_id)
     assert release.state == "image_ready", (release.failure_reason, release.build_log[-1500:])
+    return release
+
+
+def ship(api, bob_api, version, capture, override="", canary_weight=None):  # type: ignore[no-untyped-def]
+    """``image_ready``, then promote through the API. With ``canary_weight`` the promotion is
+    ``{"canary": true, "weight": canary_weight}``."""
+    release = image_ready(api, bob_api, version, capture, override)
+    release_id = release.pk
     with capture(execute=True):
         response = api.post(f"/api/v1/releases/{release_id}/promote/",
                             {"canary": True, "weight": canary_weight} if canary_weight else {}, format="json")
@@ -233,3 +240,73 @@ def test_a_canary_at_10_percent_splits_the_fixed_address_then_completes_or_rolls
     other = 3 - after_version
     ship(api, bob_api, other, capture, override="next release")
     assert served(docker_endpoint) == other
+
+
+@pytest.mark.django_db(transaction=True)  # a real deploy worker (its own process) runs the promotion
+def test_a_promotion_whose_worker_is_killed_mid_start_is_reaped_back_to_what_served_before(
+        api, bob_api, versions, docker_endpoint, docker_client, storage_root, tmp_path, settings,
+        django_capture_on_commit_callbacks):
+    """SIGKILL to the deploy worker while the new container boots (step `start` done, `available`
+    waiting): the promotion stays `running`, the route on v1. The scheduled reaper (`reap_jobs`)
+    finds it by its stale heartbeat, removes the dead promotion's container, fails the release,
+    retryable, with the reason; a retry then promotes it."""
+    import signal
+
+    from django.core.management import call_command
+    from django_tasks_db.models import DBTaskResult
+
+    from config import settings as project_settings
+    from registry.models import AuditEvent
+    from releases.deploy.containers import LABEL_RELEASE
+    from tests.processes import start_worker, stop, wait_for
+
+    capture = django_capture_on_commit_callbacks
+    ship(api, bob_api, 1, capture)
+    docker_endpoint.refresh_from_db()
+    v1_container = docker_endpoint.active_container_id
+    second = image_ready(api, bob_api, 2, capture, override="smaller wins")
+
+    settings.TASKS = project_settings.TASKS  # the database backend: the worker process takes the task
+    worker = start_worker(storage_root=storage_root, log_path=tmp_path / "worker.log", queues="deploy")
+    try:
+        assert api.post(f"/api/v1/releases/{second.pk}/promote/", {}, format="json").status_code == 200
+        def booting() -> Promotion | None:
+            promotion = Promotion.objects.filter(release=second).first()
+            return promotion if promotion and any(s["step"] == "start" for s in promotion.steps) else None
+
+        promotion = wait_for(booting, timeout=120, what=f"the new container to start (log: {tmp_path / 'worker.log'})")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        stop(worker)
+    labelled = {"label": f"{LABEL_RELEASE}={second.pk}"}
+    assert len(docker_client.containers.list(all=True, filters=labelled)) == 1  # left booting by the dead worker
+    time.sleep(3)
+    settings.OPTIMIZATION_HEARTBEAT_TIMEOUT = 2
+    assert api.get(f"/api/v1/releases/{second.pk}/").json()["state"] == "promoting"  # reads never reap
+
+    call_command("reap_jobs")  # what the scheduler's `reap_jobs --loop` does
+
+    second.refresh_from_db()
+    assert (second.state, second.retryable) == ("failed", True)
+    assert second.failure_step == f"promote:{docker_endpoint.name}:start"
+    assert "stopped after step 'start'" in second.failure_reason
+    assert "serves what it served before" in second.failure_reason
+    promotion.refresh_from_db()
+    assert promotion.state == "failed" and promotion.steps[-1]["step"] == "restore"
+    assert docker_client.containers.list(all=True, filters=labelled) == []
+    assert route_of(docker_endpoint)["container_id"] == v1_container and served(docker_endpoint) == 1
+    assert AuditEvent.objects.filter(action="release.fail", object_id=str(second.pk),
+                                     comment__contains="no heartbeat").count() == 1
+    assert DBTaskResult.objects.get(task_path="releases.tasks.promote_release").status == "FAILED"
+    assert Promotion.objects.filter(state="running").count() == 0
+    call_command("reap_jobs")  # reaping is idempotent
+    assert AuditEvent.objects.filter(action="release.fail", object_id=str(second.pk)).count() == 1
+
+    # Retryable: promoting again (in this process now) puts v2 live beside v1.
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
+                                  "QUEUES": project_settings.TASKS["default"]["QUEUES"]}}
+    with capture(execute=True):
+        retried = api.post(f"/api/v1/releases/{second.pk}/promote/", {}, format="json")
+    assert retried.status_code == 200 and retried.json()["state"] == "live", retried.json()
+    assert served(docker_endpoint) == 2
