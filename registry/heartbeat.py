@@ -44,7 +44,9 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        # Short: a beat waiting on a database lock must not hold the finished work up, and a late
+        # beat only touches rows ``rows()`` still selects (the work's state has moved on by then).
+        self._thread.join(timeout=1)
 
     def __enter__(self) -> "Heartbeat":
         return self.start()

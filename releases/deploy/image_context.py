@@ -442,6 +442,10 @@ def build_context(spec: ImageSpec, dest: BinaryIO) -> str:
     return _write_context(context_entries(spec), dest)
 
 
+class _Aborted(Exception):
+    """The consumer closed the stream: the producer thread stops."""
+
+
 class ContextStream:
     """The context tar produced by a thread and consumed as an iterator of ~1 MiB chunks (the
     request body, sent chunked): no temporary copy of the model on disk, bounded memory
