@@ -1,10 +1,11 @@
-"""Serving-image build benchmark: Modelyard's ``releases.images.build_image`` against a plain
+"""Serving-image build benchmark: Modelyard's ``releases.deploy.image_build.build_image`` against a plain
 ``docker build`` of an equivalent hand-written context, side by side on the same engine.
 
     .venv/bin/python bench/image_build.py [--runs 5] [--payload-mib 16] [--keep]
 
-Both builders start from the same stand-in TF Serving base image (``ensure_standin_base_image``)
-and build the same files: the tiny tf_keras SavedModel of ``tests/factories.py`` plus
+Both builders start from the same stand-in TF Serving base image
+(``releases.deploy.standin_image.ensure_standin_base_image``) and build the same files: a tiny
+tf_keras SavedModel (built here: benches import nothing from tests/) plus
 ``--payload-mib`` of incompressible bytes in its ``assets/`` (so the model layer has a size worth
 copying), the warmup file, models.config and batching_parameters.txt. The hand-written side is a
 directory on disk with those files and a Dockerfile written by hand with the same instructions;
@@ -12,8 +13,8 @@ it is built with ``DOCKER_BUILDKIT=0 docker build --network none`` (the engine's
 which is also what the API's /build uses; no buildx here).
 
 Modelyard's time is the whole ``build_image`` call: validating the spec, generating the config
-files and the warmup TFRecord, writing the deterministic tar to a temporary file, the build, and
-the inspect. ``docker build``'s time is the CLI process (it tars the directory itself).
+files and the warmup TFRecord, streaming the deterministic tar to the engine while it is written,
+the build, and the inspect. ``docker build``'s time is the CLI process (it tars the directory itself).
 
 Scenarios, ``--runs`` times each, the two builders interleaved (order alternating per run):
 
@@ -50,7 +51,10 @@ sys.path.insert(0, str(REPO))
 import docker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from releases import images  # noqa: E402
+from releases.deploy.image_build import build_image  # noqa: E402
+from releases.deploy.image_context import (  # noqa: E402
+    ImageSpec, batching_parameters_text, image_labels, model_server_config_text, serving_args)
+from releases.deploy.standin_image import ensure_standin_base_image  # noqa: E402
 
 TARGET_RATIO = 1.2
 MiB = 1024 * 1024
@@ -62,6 +66,17 @@ COPY models/models.config models/batching_parameters.txt /models/
 CMD {cmd}
 LABEL {labels}
 """
+
+
+def small_saved_model(directory: Path) -> Path:
+    """A small tf_keras SavedModel (input ``features``: float32 [None, 8]) to carry the padding."""
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(0)
+    inputs = tf_keras.Input(shape=(8,), name="features")
+    outputs = tf_keras.layers.Dense(3, activation="softmax")(tf_keras.layers.Dense(16, activation="relu")(inputs))
+    tf_keras.Model(inputs, outputs).save(str(directory), save_format="tf")
+    return directory
 
 
 @dataclass
@@ -94,12 +109,9 @@ class Bench:
     # ------------------------------------------------------------------ inputs
 
     def setup(self) -> None:
-        from tests import factories
-
-        images.ensure_standin_base_image(self.api, self.base)
+        ensure_standin_base_image(self.api, self.base)
         self.tags.append(self.base)
-        self.saved_model = factories.save_saved_model(self.tmp / "saved_model")
-        import tensorflow  # noqa: F401 - imported before anything is timed
+        self.saved_model = small_saved_model(self.tmp / "saved_model")
 
     def model_dir(self, seed: str) -> Path:
         """The SavedModel plus ``--payload-mib`` of bytes seeded by ``seed``."""
@@ -111,8 +123,8 @@ class Bench:
             (d / "assets" / "bench-padding.bin").write_bytes(rng.randbytes(self.args.payload_mib * MiB))
         return d
 
-    def spec(self, seed: str, tag: str, batching: dict | None = None) -> images.ImageSpec:
-        return images.ImageSpec(
+    def spec(self, seed: str, tag: str, batching: dict | None = None) -> ImageSpec:
+        return ImageSpec(
             model_name="bench", version=1, release_id=1, saved_model_dir=self.model_dir(seed),
             model_sha256="0" * 64, base_image=self.base, repository=self.repo, tag=tag,
             created="2024-05-01T12:00:00+00:00", source_url="https://git.example/bench",
@@ -121,7 +133,7 @@ class Bench:
                                   "allowed_batch_sizes": [4, 8]},
             warmup_requests=[{"features": np.zeros((1, 8), np.float32)}])
 
-    def handwritten_context(self, spec: images.ImageSpec) -> Path:
+    def handwritten_context(self, spec: ImageSpec) -> Path:
         """The same files as Modelyard's context, as a directory, with a hand-written Dockerfile."""
         import json
 
@@ -134,24 +146,23 @@ class Bench:
         shutil.copytree(spec.saved_model_dir, version_dir)
         warmup.write_warmup_file(version_dir / "assets.extra" / "tf_serving_warmup_requests",
                                  spec.model_name, spec.warmup_requests or [])
-        (d / "models" / "models.config").write_text(images.model_server_config_text(spec))
-        (d / "models" / "batching_parameters.txt").write_text(
-            images.batching_parameters_text(spec.batching or {}))
-        labels = " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in images.image_labels(spec).items())
+        (d / "models" / "models.config").write_text(model_server_config_text(spec))
+        (d / "models" / "batching_parameters.txt").write_text(batching_parameters_text(spec.batching or {}))
+        labels = " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in image_labels(spec).items())
         (d / "Dockerfile").write_text(HANDWRITTEN_DOCKERFILE.format(
             base=spec.base_image, name=spec.model_name, version=spec.version,
-            cmd=json.dumps(images.serving_args(spec)), labels=labels))
+            cmd=json.dumps(serving_args(spec)), labels=labels))
         return d
 
     # ------------------------------------------------------------------ builders
 
-    def build_modelyard(self, spec: images.ImageSpec, nocache: bool) -> tuple[float, int, str]:
+    def build_modelyard(self, spec: ImageSpec, nocache: bool) -> tuple[float, int, str]:
         self.tags.append(spec.image_ref)
         start = time.perf_counter()
-        built = images.build_image(spec, client=self.api, on_log=lambda line: None, nocache=nocache)
+        built = build_image(spec, client=self.api, on_log=lambda line: None, nocache=nocache)
         return time.perf_counter() - start, built.cache_hits, built.tag_ref
 
-    def build_plain(self, spec: images.ImageSpec, nocache: bool) -> tuple[float, int, str]:
+    def build_plain(self, spec: ImageSpec, nocache: bool) -> tuple[float, int, str]:
         ctx = self.handwritten_context(spec)  # not timed: the files exist before `docker build`
         ref = f"{self.repo}:{spec.tag}"
         self.tags.append(ref)

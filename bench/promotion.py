@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/promotion.py [--promotions 5] [--kind repository|docker|both] [--hidden 1024]
 
-What it measures (targets: overhead <= 1 s, rollback <= 1 s, zero failed requests):
+What it measures (targets: overhead <= 1 s, rollback <= 1 s, zero failed requests). Both kinds go
+through the endpoint driver the promotion workflow calls (``releases.deploy.driver_for``:
+``promote`` and ``rollback``); stages are timed by the driver's ``on_step`` callback. The bench
+imports nothing from tests/ and patches nothing.
 
-* repository kind (releases.deploy.repository_engine.promote) against a real `python -m serving` process
-  on a temporary model repository (empty models.config, read once; every change goes through
-  HandleReloadConfigRequest as in production). A client thread sends Predict to label `stable`
-  back to back (~2 ms pause) for the whole run.
+* repository kind (the `model_repository` driver over releases.deploy.repository_engine) against a
+  real `python -m serving` process on a temporary model repository (empty models.config, read
+  once; every change goes through HandleReloadConfigRequest as in production). A client thread
+  sends Predict to label `stable` back to back (~2 ms pause) for the whole run.
   - promote: from calling promote() until the client first gets an answer from the new version
     through `stable` (and, apart, until promote() returned);
   - load: the model's own load time in the server: from the `stage` step (version directory
@@ -17,18 +20,21 @@ What it measures (targets: overhead <= 1 s, rollback <= 1 s, zero failed request
     validation, label move);
   - rollback: from calling rollback() until the client first gets an answer from the previous
     version through `stable`.
-  Each round: promote v(i) (stable v(i-1) -> v(i)), then roll back to v(i-1).
-* docker kind (releases.deploy.containers.promote_container), if --kind docker|both: release images built
-  with images.build_image FROM the serving TEST HARNESS base image of tests/releases/
-  container_fixtures.py (the host's Python + `serving` bind-mounted into a busybox image: a test
-  stand-in for the TF Serving image). The client sends to a releases.router at one fixed address;
-  the bench rewrites the route file when promote_container returns (what the endpoint service
-  does), and the router sends the next RPC to the new container.
+  Each round: promote v(i) (stable v1 -> v(i)), then roll back to v1.
+* docker kind (the `docker` driver), if --kind docker|both: release images built with
+  image_build.build_image FROM the serving harness base image (releases.deploy.standin_image: the
+  host's Python + `serving` bind-mounted into a busybox image, a stand-in for the TF Serving
+  image). The client sends to a releases.router at one fixed address; the driver's promote starts
+  the new container beside the active one, validates it and rewrites the route file, and the
+  router sends the next RPC to the new container.
   - load: container start -> version AVAILABLE (boot of the server + model load: with the harness
     that is mostly importing TensorFlow in a fresh Python);
-  - overhead = promote - load (engine checks, image lookup, container create/start, validation);
-  - rollback: rollback_container() (checks the kept container serves) + rewriting the route,
-    until the client's first answer from the previous version.
+  - overhead = promote - load (engine checks, image lookup, container create/start, validation,
+    the route switch);
+  - promote() returned: also the retirement of the container no longer kept (stop + remove);
+  - rollback: the driver's rollback (checks the kept container serves, rewrites the route), until
+    the client's first answer from the previous version.
+  Each round: promote v(i) beside the stable v1, then roll back to v1.
 
 Exit status 1 when a target is missed.
 """
@@ -47,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +62,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from releases.deploy import repository_engine as engine  # noqa: E402
-from releases.router import serve, write_route  # noqa: E402
+from releases.deploy import EndpointDriver, EndpointSpec, driver_for  # noqa: E402
+from releases.router import serve  # noqa: E402
 from releases.tfserving import TFServingClient  # noqa: E402
 from releases.traffic import Traffic  # noqa: E402
 
@@ -66,6 +73,7 @@ HIDDEN = 1024  # --hidden
 X = np.random.default_rng(0).normal(size=(4, FEATURES)).astype(np.float32)
 TARGET_OVERHEAD_S = 1.0
 TARGET_ROLLBACK_S = 1.0
+TOLERANCE = (1e-3, 1e-4)  # what the workflow allows a float model (releases.promotion.tolerance_for)
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -152,6 +160,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def promote(driver: EndpointDriver, version: int, path: Path | None, samples: dict[str, Any],
+            image_ref: str = "") -> dict[str, float]:
+    """The driver's promote, as the workflow calls it; returns when each step was reported."""
+    marks: dict[str, float] = {}
+    driver.promote(MODEL, version, path, samples, False,
+                   lambda step, _message: marks.setdefault(step, time.monotonic()),
+                   tolerance=TOLERANCE, image_ref=image_ref, release_id=version)
+    return marks
+
+
+def run_rounds(driver: EndpointDriver, traffic: Traffic, rounds: int, paths: list[Path],
+               samples: list[dict[str, Any]], refs: list[str], load_steps: tuple[str, str]) -> dict[str, list[float]]:
+    """Each round: promote v(i) (stable v1 -> v(i)), then roll back to v1; times from the client's side
+    and from the driver's steps (``load_steps``: the step that starts the load, the one that ends it)."""
+    rows: dict[str, list[float]] = {k: [] for k in (
+        "promote (call -> client sees new version)", "promote() returned", f"load ({' -> '.join(load_steps)})",
+        "overhead (promote - load)", "rollback (call -> client sees old)", "rollback() returned")}
+    for i in range(2, rounds + 2):
+        started = time.monotonic()
+        marks = promote(driver, i, paths[i - 1], samples[i - 1], refs[i - 1] if refs else "")
+        returned = time.monotonic()
+        seen = traffic.first_seen(i, started)
+        load = marks[load_steps[1]] - marks[load_steps[0]]
+        rows["promote (call -> client sees new version)"].append(seen - started)
+        rows["promote() returned"].append(returned - started)
+        rows[f"load ({' -> '.join(load_steps)})"].append(load)
+        rows["overhead (promote - load)"].append(seen - started - load)
+        time.sleep(0.3)
+        started = time.monotonic()
+        driver.rollback(MODEL, 1)
+        returned = time.monotonic()
+        rows["rollback (call -> client sees old)"].append(traffic.first_seen(1, started) - started)
+        rows["rollback() returned"].append(returned - started)
+        time.sleep(0.3)
+    return rows
+
+
 def bench_repository(rounds: int, work: Path) -> bool:
     paths, samples = build_models(work / "models-src", rounds + 1)
     reference = [in_process_load_s(p) for p in paths[:3]]
@@ -166,49 +211,28 @@ def bench_repository(rounds: int, work: Path) -> bool:
              f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
              "--max_num_load_retries=0"], cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     client = TFServingClient(f"127.0.0.1:{grpc_port}", timeout=10)
+    traffic: Traffic | None = None
     try:
         deadline = time.monotonic() + 90
         while not client.reachable(timeout=0.5):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
             time.sleep(0.1)
-        endpoint = engine.RepositoryEndpoint(base, config, client)
-        engine.promote(endpoint, model_name=MODEL, version=1, saved_model_src=paths[0],
-                       samples=samples[0], deadline_s=60)
+        driver = driver_for(EndpointSpec(name="bench-repository", kind="model_repository",
+                                         grpc_target=client.grpc_target, repository_path=base, config_path=config,
+                                         deadline_s=60))
+        promote(driver, 1, paths[0], samples[0])
         traffic = steady_traffic(client.grpc_target).start()
         time.sleep(0.5)
-        rows: dict[str, list[float]] = {k: [] for k in (
-            "promote (call -> client sees new version)", "promote() returned", "load (stage -> available)",
-            "overhead (promote - load)", "rollback (call -> client sees old)", "rollback() returned")}
-        stable = 1
-        for i in range(2, rounds + 2):
-            marks: dict[str, float] = {}
-            started = time.monotonic()
-            engine.promote(endpoint, model_name=MODEL, version=i, saved_model_src=paths[i - 1],
-                           samples=samples[i - 1], deadline_s=60,
-                           on_step=lambda step, _m: marks.setdefault(step, time.monotonic()))
-            returned = time.monotonic()
-            seen = traffic.first_seen(i, started)
-            load = marks["available"] - marks["stage"]
-            total = seen - started
-            rows["promote (call -> client sees new version)"].append(total)
-            rows["promote() returned"].append(returned - started)
-            rows["load (stage -> available)"].append(load)
-            rows["overhead (promote - load)"].append(total - load)
-            time.sleep(0.3)
-            started = time.monotonic()
-            engine.rollback(endpoint, model_name=MODEL, to_version=stable)
-            returned = time.monotonic()
-            seen = traffic.first_seen(stable, started)
-            rows["rollback (call -> client sees old)"].append(seen - started)
-            rows["rollback() returned"].append(returned - started)
-            time.sleep(0.3)
+        rows = run_rounds(driver, traffic, rounds, paths, samples, [], ("stage", "available"))
         traffic.stop()
         print_table(f"repository kind: {rounds} promotions + rollbacks, `python -m serving`", rows,
                     traffic, [f"in-process reference load (tf.saved_model.load + first call): "
                               f"median {statistics.median(reference):.3f} s"])
         return met(rows, traffic)
     finally:
+        if traffic is not None:
+            traffic.stop()
         client.close()
         server.terminate()
         try:
@@ -219,15 +243,27 @@ def bench_repository(rounds: int, work: Path) -> bool:
 
 # --- docker kind -----------------------------------------------------------------------------------
 
+def free_port_base() -> int:
+    """A base with free ports above it for each of the docker driver's port pairs."""
+    from releases.deploy.containers import port_free
+    from releases.deploy.docker_driver import PORT_PAIRS
+
+    while True:
+        base = free_port()
+        if base + 2 * PORT_PAIRS < 65536 and all(port_free(base + i) for i in range(2 * PORT_PAIRS)):
+            return base
+
+
 def bench_docker(rounds: int, work: Path) -> bool:
     import docker
 
-    from releases import images
     from releases.deploy import containers
-    from tests.releases import container_fixtures as harness
+    from releases.deploy.image_build import build_image
+    from releases.deploy.image_context import ImageSpec
+    from releases.deploy.standin_image import ensure_harness_base_image, harness_mount_specs
 
     client = docker.DockerClient(version="auto", timeout=120)
-    run = harness.RUN_ID
+    run = uuid.uuid4().hex[:10]
     standin, base = f"modelyard-bench/standin:{run}", f"modelyard-bench/harness:{run}"
     repository = f"127.0.0.1:5000/modelyard-bench/p{run}"
     endpoint = f"bench-{run}"
@@ -235,61 +271,23 @@ def bench_docker(rounds: int, work: Path) -> bool:
     traffic: Traffic | None = None
     try:
         paths, samples = build_models(work / "docker-src", rounds + 1)
-        images.ensure_standin_base_image(client.api, standin)
-        import io
-
-        for chunk in client.api.build(fileobj=io.BytesIO(harness._context(standin)), custom_context=True,
-                                      tag=base, rm=True, pull=False, decode=True, network_mode="none"):
-            if "error" in chunk:
-                raise RuntimeError(chunk["error"])
+        ensure_harness_base_image(client, base, standin=standin)
         for i, path in enumerate(paths, start=1):
-            spec = images.ImageSpec(model_name=MODEL, version=i, release_id=i, saved_model_dir=path,
-                                    model_sha256="ef" * 32, base_image=base, repository=repository,
-                                    created="2024-05-01T12:00:00+00:00", version_labels={"stable": i})
-            images.build_image(spec, client=client.api, on_log=lambda _l: None)
+            spec = ImageSpec(model_name=MODEL, version=i, release_id=i, saved_model_dir=path, model_sha256="ef" * 32,
+                             base_image=base, repository=repository, created="2024-05-01T12:00:00+00:00",
+                             version_labels={"stable": i})
+            build_image(spec, client=client.api, on_log=lambda _l: None)
             refs.append(spec.image_ref)
-        common = dict(endpoint_name=endpoint, model_name=MODEL, mounts=harness.harness_mounts(),
-                      label="stable", deadline_s=120,
-                      extra_args=["--max_num_load_retries=0",
-                                  "--allow_version_labels_for_unavailable_models=true"])
-        first = containers.promote_container(client, version=1, image_ref=refs[0], samples=samples[0],
-                                             **common)
-        active = first
-        # The client sends to a router at one fixed address; each switch rewrites its route file,
-        # as the docker endpoint service does (releases/deploy/docker_driver.py).
         route = work / "routes" / f"{endpoint}.json"
-        write_route(route, grpc_target=first.grpc_target)
+        driver = driver_for(EndpointSpec(
+            name=endpoint, kind="docker", grpc_port_base=free_port_base(), route_file=route, lock_dir=work / "locks",
+            profile={"gpu": False, "mounts": harness_mount_specs()}, deadline_s=120, docker_timeout_s=120))
+        promote(driver, 1, None, samples[0], refs[0])
+        # The client sends to a router at one fixed address, which follows the driver's route file.
         router, router_handler = serve("127.0.0.1:0", route)
         traffic = steady_traffic(f"127.0.0.1:{router.port}").start()
         time.sleep(0.5)
-        rows: dict[str, list[float]] = {k: [] for k in (
-            "promote (call -> client sees new version)", "load (start -> available)",
-            "overhead (promote - load)", "rollback (call -> client sees old)")}
-        for i in range(2, rounds + 2):
-            marks: dict[str, float] = {}
-            started = time.monotonic()
-            old = client.containers.get(active.new_container_id)
-            result = containers.promote_container(
-                client, version=i, image_ref=refs[i - 1], samples=samples[i - 1], old=old, grace_s=0.5,
-                on_step=lambda step, _m: marks.setdefault(step, time.monotonic()), **common)
-            write_route(route, grpc_target=result.grpc_target)  # the switch; retirement of the
-            # containers older than the previous one runs in the background after grace_s
-            seen = traffic.first_seen(i, started)
-            load = marks["available"] - marks["start"]
-            rows["promote (call -> client sees new version)"].append(seen - started)
-            rows["load (start -> available)"].append(load)
-            rows["overhead (promote - load)"].append(seen - started - load)
-            time.sleep(0.3)
-            started = time.monotonic()
-            target = containers.rollback_container(client, endpoint_name=endpoint,
-                                                   container_id=result.previous_container_id,
-                                                   model_name=MODEL)
-            write_route(route, grpc_target=target.grpc_target)
-            seen = traffic.first_seen(target.version, started)
-            rows["rollback (call -> client sees old)"].append(seen - started)
-            time.sleep(0.3)
-            write_route(route, grpc_target=result.grpc_target)  # roll forward again for the next round
-            active = result
+        rows = run_rounds(driver, traffic, rounds, paths, samples, refs, ("start", "available"))
         traffic.stop()
         router.stop(grace=None)
         router_handler.close()

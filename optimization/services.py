@@ -7,11 +7,8 @@ the very end, and the scratch directory is removed whatever happens.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import socket
 import tempfile
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -31,15 +28,11 @@ from optimization.errors import OptimizationError
 from optimization.models import OptimizationJob
 from registry import audit, datasets as dataset_checks, jsonlimits, services as registry
 from registry.errors import Conflict, NotFound, RegistryError
+from registry.heartbeat import Heartbeat, close_orphan_task_results, worker_name
 from registry.models import Dataset, ModelVersion
 from registry.uploads import StagedFile
 
 log = logging.getLogger(__name__)
-
-
-def heartbeat_interval() -> float:
-    """Beat well inside the timeout, so only a dead worker ever looks stale."""
-    return min(5.0, settings.OPTIMIZATION_HEARTBEAT_TIMEOUT / 3)
 
 
 class JobInputError(OptimizationError):
@@ -266,20 +259,8 @@ def _reap_one(job: OptimizationJob, cutoff: Any) -> bool:
             return False
         audit.record(actor=None, action="optimization_job.fail", obj=job, model=job.source.model,
                      version=job.source, comment="worker lost (no heartbeat)")
-    _fail_orphan_task_results(job)
+    close_orphan_task_results("optimization.tasks.run_optimization_job", [job.pk], worker=job.worker)
     return True
-
-
-def _fail_orphan_task_results(job: OptimizationJob) -> None:
-    """The database task backend still shows the dead worker's task as running: close it, so
-    queue metrics and the admin tell the truth (another backend keeps its own books)."""
-    from django_tasks import TaskResultStatus
-    from django_tasks_db.models import DBTaskResult
-
-    DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING, task_path="optimization.tasks.run_optimization_job",
-                                args_kwargs__args=[job.pk]).update(
-        status=TaskResultStatus.FAILED, finished_at=timezone.now(), exception_class_path="builtins.RuntimeError",
-        traceback=f"worker lost: {job.worker or 'unknown'} (reaped by heartbeat timeout)")
 
 
 # --- run -------------------------------------------------------------------------------------
@@ -289,7 +270,7 @@ def job_run(*, job_id: int) -> None:
     now = timezone.now()
     claimed = OptimizationJob.objects.filter(pk=job_id, status=OptimizationJob.Status.QUEUED).update(
         status=OptimizationJob.Status.RUNNING, started_at=now, heartbeat_at=now, progress=0.0,
-        attempt=F("attempt") + 1, worker=f"{socket.gethostname()}:{os.getpid()}", stage="starting",
+        attempt=F("attempt") + 1, worker=worker_name(), stage="starting",
         message="Started.")
     if not claimed:
         log.info("job %s is not queued; skipping", job_id)
@@ -300,8 +281,8 @@ def job_run(*, job_id: int) -> None:
 
     job.device = compute_device()
     OptimizationJob.objects.filter(pk=job_id, attempt=job.attempt).update(device=job.device)
-    heartbeat = _Heartbeat(job_id, job.attempt)
-    heartbeat.start()
+    heartbeat = Heartbeat(lambda: OptimizationJob.objects.filter(pk=job_id, status=OptimizationJob.Status.RUNNING,
+                                                                 attempt=job.attempt), name=f"job-{job_id}").start()
     sweep_scratch()  # what a worker killed earlier on this host left behind
     workdir = _make_scratch(job_id)
     try:
@@ -338,36 +319,6 @@ def sweep_scratch() -> int:
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return len(removed)
-
-
-class _Heartbeat:
-    """Refresh ``heartbeat_at`` from a side thread, so a long epoch never looks like a dead worker."""
-
-    def __init__(self, job_id: int, attempt: int) -> None:
-        self.job_id = job_id
-        self.attempt = attempt  # a worker thought lost must not keep a later attempt alive
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _beat(self) -> None:
-        from django.db import connection
-
-        try:
-            while not self._stop.wait(heartbeat_interval()):
-                OptimizationJob.objects.filter(pk=self.job_id, status=OptimizationJob.Status.RUNNING,
-                                               attempt=self.attempt).update(
-                    heartbeat_at=timezone.now())
-        except Exception:  # a missed heartbeat is only a risk of being reaped; never crash the job
-            log.exception("heartbeat for job %s failed", self.job_id)
-        finally:
-            connection.close()
 
 
 # --- progress, used by the runner ------------------------------------------------------------

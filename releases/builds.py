@@ -21,7 +21,9 @@ from django.utils import timezone
 
 from metrics.models import VersionMetrics
 from registry import services as registry
-from releases import images
+from releases.deploy.image_build import build_image
+from releases.deploy.image_context import ImageBuildError, ImageSpec
+from releases.deploy.image_registry import push_image, verify_pushed
 from releases.models import Release
 from releases.services import ReleaseState, release_fail, transition
 
@@ -38,7 +40,7 @@ def docker_client() -> Any:
             return docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=settings.DOCKER_TIMEOUT)
         return docker.from_env(timeout=settings.DOCKER_TIMEOUT)
     except docker.errors.DockerException as exc:
-        raise images.ImageBuildError(f"Docker engine unreachable at {where}: {exc}. Retry once it is up.",
+        raise ImageBuildError(f"Docker engine unreachable at {where}: {exc}. Retry once it is up.",
                                      retryable=True) from exc
 
 
@@ -80,7 +82,7 @@ def release_build_run(*, release_id: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix=f"build-{release_id}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
     try:
         _build(release, workdir)
-    except images.ImageBuildError as exc:
+    except ImageBuildError as exc:
         append_log(release.pk, f"ERROR: {exc}")
         release_fail(release, step="build", reason=str(exc), retryable=exc.retryable, allowed_from=[ReleaseState.IMAGE_BUILDING])
     except Exception as exc:  # noqa: BLE001 - any other failure must still leave a clear state
@@ -92,11 +94,11 @@ def release_build_run(*, release_id: int) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def build_spec(release: Release, model_dir: Path) -> images.ImageSpec:
+def build_spec(release: Release, model_dir: Path) -> ImageSpec:
     env = release.environment
     version = release.version
     created = (release.decided_at or release.created_at or timezone.now()).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return images.ImageSpec(
+    return ImageSpec(
         model_name=version.model.name, version=version.number, release_id=release.pk, saved_model_dir=model_dir,
         model_sha256=version.artifact_sha256, base_image=settings.SERVING_BASE_IMAGE,
         repository=image_repository(release), tag=str(version.number), batching=env.batching,
@@ -108,17 +110,17 @@ def build_spec(release: Release, model_dir: Path) -> images.ImageSpec:
 def _build(release: Release, workdir: Path) -> None:
     model_dir = registry.version_unpack(release.version, workdir / "model")
     if not model_dir.is_dir():
-        raise images.ImageBuildError("Only SavedModel versions can be baked into a TF Serving image.",
+        raise ImageBuildError("Only SavedModel versions can be baked into a TF Serving image.",
                                      retryable=False)
     spec = build_spec(release, model_dir)
     client = docker_client()
     def on_log(line: str) -> None:
         append_log(release.pk, line)
 
-    built = images.build_image(spec, client=client, on_log=on_log)
-    pushed = images.push_image(built, client=client, auth=registry_auth(), on_log=on_log)  # "repo@sha256:…"
+    built = build_image(spec, client=client, on_log=on_log)
+    pushed = push_image(built, client=client, auth=registry_auth(), on_log=on_log)  # "repo@sha256:…"
     digest = pushed.rpartition("@")[2]
-    images.verify_pushed(spec.repository, digest, client, expected_image_id=built.image_id, auth=registry_auth())
+    verify_pushed(spec.repository, digest, client, expected_image_id=built.image_id, auth=registry_auth())
     with transaction.atomic():
         transition(release, to=ReleaseState.IMAGE_READY, allowed_from=[ReleaseState.IMAGE_BUILDING], actor=None,
                    action="release.image_ready", verb="marked image-ready",

@@ -167,7 +167,7 @@ def _bool(key: str, value: Any) -> bool:
 
 
 def _batching(key: str, value: Any) -> dict[str, Any] | None:
-    from releases.images import ImageBuildError, batching_parameters
+    from releases.deploy.image_context import ImageBuildError, batching_parameters
 
     if value is None:
         return None
@@ -226,7 +226,7 @@ def _environment(key: str, value: Any) -> dict[str, str]:
 
 
 # Every key something reads: batching, gpu_memory_fraction, xla, prefer_tflite (Endpoint.serving_profile,
-# images.ImageSpec), gpu, mounts, environment (releases/deploy/docker_driver.py).
+# image_context.ImageSpec), gpu, mounts, environment (releases/deploy/docker_driver.py).
 PROFILE_SCHEMA = {
     "batching": _batching, "gpu_memory_fraction": _fraction, "xla": _bool, "prefer_tflite": _bool,
     "gpu": _bool, "mounts": _mounts, "environment": _environment,
@@ -264,8 +264,8 @@ def _repository_fields(endpoint: Any) -> dict[str, Any]:
 def _docker_fields(endpoint: Any) -> dict[str, Any]:
     """A docker endpoint: a port base for its containers and an allowed engine."""
     if not endpoint.grpc_port_base:
-        raise EndpointRefused("grpc_port_base", "a docker endpoint needs it (containers use base/base+1 and "
-                                                "base+2/base+3)")
+        raise EndpointRefused("grpc_port_base", "a docker endpoint needs it (containers use base/base+1, "
+                                                "base+2/base+3 and base+4/base+5)")
     if endpoint.repository_path or endpoint.config_path:
         raise EndpointRefused("repository_path", "only model_repository endpoints have a repository")
     return {"docker_host": validate_docker_host(endpoint.docker_host)}

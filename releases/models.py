@@ -156,7 +156,7 @@ class Endpoint(models.Model):
                                    help_text="model_repository: its models.config (default <repository>/models.config).")
     docker_host = models.CharField(max_length=255, blank=True, help_text="docker: engine URL (default DOCKER_HOST).")
     grpc_port_base = models.PositiveIntegerField(null=True, blank=True,
-                                                 help_text="docker: containers alternate between base and base+2.")
+                                                 help_text="docker: containers take gRPC base, base+2 or base+4 (REST one above).")
     active_container_id = models.CharField(max_length=128, blank=True)
     previous_container_id = models.CharField(max_length=128, blank=True)
     profile = models.JSONField(default=dict, blank=True,
@@ -205,6 +205,10 @@ class Promotion(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # while running: who runs it and when it last said so (a scheduled reaper restores the endpoint
+    # of a promotion whose worker died: releases.promotion.promotions_reap_stale)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

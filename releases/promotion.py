@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from django.utils import timezone
 from metrics.models import VersionMetrics
 from registry import audit, services as registry
 from registry.errors import Conflict, Forbidden, ModelyardError, NotFound
+from registry.heartbeat import Heartbeat, close_orphan_task_results, worker_name
 from registry.models import ModelVersion
 from releases import deploy, endpoints, gates
 from releases.deploy.repository_engine import PromotionFailed
@@ -246,10 +248,12 @@ def release_promote_run(*, release_id: int) -> None:
     for promotion in queued:
         canary = canary or promotion.canary
         if not Promotion.objects.filter(pk=promotion.pk, state=PromotionState.QUEUED).update(
-                state=PromotionState.RUNNING):
+                state=PromotionState.RUNNING, worker=worker_name(), heartbeat_at=timezone.now()):
             continue  # another worker took it
         try:
-            _promote_one(release, promotion)
+            with Heartbeat(lambda: Promotion.objects.filter(pk=promotion.pk, state=PromotionState.RUNNING),
+                           name=f"promotion-{promotion.pk}"):
+                _promote_one(release, promotion)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `promoting`
             if not isinstance(exc, (ModelyardError, OSError)):
                 log.exception("promotion of release %s to %s failed", release.pk, promotion.endpoint.name)
@@ -294,14 +298,17 @@ def _record_step(promotion: Promotion, step: str, message: str) -> None:
 
 
 def _finish(promotion: Promotion, state: str, *, error: str = "", previous: int | None = None) -> None:
-    Promotion.objects.filter(pk=promotion.pk).update(state=state, error=error, finished_at=timezone.now(),
-                                                     previous_version=previous)
+    Promotion.objects.filter(pk=promotion.pk, state=PromotionState.RUNNING).update(
+        state=state, error=error, finished_at=timezone.now(), previous_version=previous)
 
 
 def _apply(endpoint: Endpoint, outcome: deploy.Outcome) -> None:
-    """Mirror on the endpoint row what the driver changed (e.g. a docker endpoint's active container)."""
+    """Mirror on the endpoint row what the driver changed (e.g. a docker endpoint's active container),
+    and on ``endpoint`` itself: the health check that follows must look at the new target."""
     if outcome.endpoint_changes:
         Endpoint.objects.filter(pk=endpoint.pk).update(**outcome.endpoint_changes)
+        for field, value in outcome.endpoint_changes.items():
+            setattr(endpoint, field, value)
 
 
 def _promote_one(release: Release, promotion: Promotion) -> None:
@@ -381,6 +388,53 @@ def _rollback_one(release: Release, promotion: Promotion) -> None:
                                                       False, None, tolerance=tolerance_for(previous)))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- promotions whose worker died ---------------------------------------------------------------
+
+def promotions_reap_stale(*, older_than: timedelta | None = None) -> int:
+    """Promotions whose worker stopped sending heartbeats (killed between steps, machine lost): the
+    driver puts the endpoint back on what it served before and removes what the promotion left,
+    and the release fails, retryable, with the reason. Run on a schedule (``manage.py reap_jobs
+    --loop``, which runs every app's reaper), never in a request. Returns how many were reaped;
+    safe to run from several processes at once (one conditional update claims each)."""
+    cutoff = timezone.now() - (older_than or timedelta(seconds=settings.OPTIMIZATION_HEARTBEAT_TIMEOUT))
+    stale = Promotion.objects.select_related("release__version__model", "release__environment", "endpoint").filter(
+        state=PromotionState.RUNNING, heartbeat_at__lt=cutoff)
+    return sum(_reap_promotion(promotion, cutoff) for promotion in stale)
+
+
+def _reap_promotion(promotion: Promotion, cutoff: Any) -> bool:
+    release, endpoint = promotion.release, promotion.endpoint
+    step = promotion.steps[-1]["step"] if promotion.steps else "prepare"
+    lost = (f"The worker running the promotion to {endpoint.name} ({promotion.worker or 'unknown'}) stopped after "
+            f"step {step!r}: no heartbeat since {promotion.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC.")
+    if not Promotion.objects.filter(pk=promotion.pk, state=PromotionState.RUNNING, heartbeat_at__lt=cutoff).update(
+            state=PromotionState.FAILED, finished_at=timezone.now(), error=f"{step}: {lost}"):
+        return False  # another reaper took it, or the worker beat again
+    try:
+        _apply(endpoint, driver(endpoint).recover(release.version.model.name, release.version.number, release.pk,
+                                                  _live_version(release)))
+        restored = "The endpoint serves what it served before; promote again to retry."
+    except Exception as exc:  # noqa: BLE001 - the release must not stay `promoting` either way
+        log.exception("restoring %s after the lost promotion of release %s failed", endpoint.name, release.pk)
+        restored = f"Restoring the endpoint failed ({type(exc).__name__}: {exc}): check it before retrying."
+    _record_step(promotion, "restore", restored)
+    close_orphan_task_results("releases.tasks.promote_release", [release.pk], worker=promotion.worker)
+    try:
+        release_fail(release, step=f"promote:{endpoint.name}:{step}", reason=f"{lost} {restored}", retryable=True,
+                     allowed_from=[ReleaseState.PROMOTING])
+    except InvalidTransition:
+        log.warning("release %s left `promoting` before its lost promotion was reaped", release.pk)
+    check_endpoint_health(endpoint)
+    return True
+
+
+def _live_version(release: Release) -> int | None:
+    """The version of the model live in the release's environment before this release, if any."""
+    return (Release.objects.filter(environment=release.environment, version__model=release.version.model,
+                                   state=ReleaseState.LIVE).exclude(pk=release.pk)
+            .order_by("-decided_at", "-pk").values_list("version__number", flat=True).first())
 
 
 # --- health ----------------------------------------------------------------------------------

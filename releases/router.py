@@ -11,9 +11,10 @@ error across the switch. Optionally it also forwards TF Serving's REST API, requ
 to the route's ``rest_url``.
 
 A canary route (``{"grpc_target": stable..., "canary": {"grpc_target": ..., "rest_url": ...,
-"weight": 10}}``) sends ``weight`` % of requests, gRPC and REST counted together, to the canary
-backend and the rest to the stable one. The split is deterministic (request n goes to the canary
-when floor(n * weight / 100) grows), so 10 % means one request in ten, not "about" one.
+"weight": 10}}``) sends ``weight`` % of requests to the canary backend and the rest to the stable
+one, gRPC and REST each counted on their own (so each protocol's clients see the canary's share).
+The split is deterministic (request n goes to the canary when floor(n * weight / 100) grows), so
+10 % means one request in ten, not "about" one.
 
 Django-free. Run it with ``python manage.py route_endpoint <endpoint> --listen HOST:PORT`` (the
 file is ``$MODELYARD_ROUTES_DIR/<endpoint>.json``), or ``python -m releases.router --listen

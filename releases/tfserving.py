@@ -185,6 +185,8 @@ class TFServingClient:
 
     def reachable(self, timeout: float = 2.0) -> bool:
         """True if the gRPC ModelService answers (and the REST port, when one is configured)."""
+        if not self.grpc_target:  # gRPC fails that call client-side with UNKNOWN, which reads as "answering"
+            return False
         try:
             self._get_model_status(self._status_request("__modelyard_probe__"), timeout=timeout)
         except grpc.RpcError as exc:

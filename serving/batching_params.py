@@ -1,6 +1,6 @@
 """`--batching_parameters_file`: TF Serving's text-format BatchingParameters, read and checked.
 
-The file is the one tensorflow_model_server reads (and the one releases/images.py writes into
+The file is the one tensorflow_model_server reads (and the one releases/deploy/image_context.py writes into
 serving images), e.g.
 
     max_batch_size { value: 32 }

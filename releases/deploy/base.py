@@ -89,6 +89,13 @@ class EndpointDriver(ABC):
     def health(self) -> Health:
         """Whether the endpoint answers, and what it serves."""
 
+    @abstractmethod
+    def recover(self, model: str, version: int, release_id: int, previous_version: int | None) -> Outcome:
+        """A promotion of ``version`` (release ``release_id``) stopped part-way with its worker
+        (killed between steps, so ``promote`` never restored anything): serve what was served before
+        (``previous_version``, the version live before it, if the switch already happened) and remove
+        what that promotion left. Safe to call when nothing was changed."""
+
 
 DRIVERS: dict[str, type[EndpointDriver]] = {}
 

@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import docker
-import requests
 
-from releases import images
+from releases.deploy import docker_engine
 from releases.deploy.repository_engine import (
     OnStep, PromotionFailed, Samples, Reporter, check_answers, check_signature)
 from releases.errors import DockerEngineError
@@ -142,12 +141,9 @@ class ContainerPromotion:
 
 # --- engine helpers ----------------------------------------------------------------------------
 
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
-
-
 def _engine_error(client: Any, exc: BaseException, doing: str) -> ContainerError:
     # A host without the NVIDIA runtime answers 500 "could not select device driver": permanent.
-    return images.engine_error(client, exc, doing, ContainerError, permanent=("could not select device driver",))
+    return docker_engine.engine_error(client, exc, doing, ContainerError, permanent=("could not select device driver",))
 
 
 def free_port_pair(host: str = "0.0.0.0") -> tuple[int, int]:
@@ -210,7 +206,7 @@ def create_kwargs(spec: ContainerSpec, image_args: Sequence[str] | None) -> dict
 
 
 def image_serving_args(client: Any, image_ref: str, *, pull: bool = True) -> list[str]:
-    """The image's CMD (the serving args images.build_image bakes in); pulls a missing image."""
+    """The image's CMD (the serving args image_build.build_image bakes in); pulls a missing image."""
     try:
         try:
             image = client.images.get(image_ref)
@@ -223,7 +219,7 @@ def image_serving_args(client: Any, image_ref: str, *, pull: bool = True) -> lis
     except docker.errors.NotFound as exc:
         raise ContainerError(f"Image {image_ref} is neither on the Docker host nor pullable: "
                              f"{exc.explanation or exc}") from None
-    except _ENGINE_ERRORS as exc:
+    except docker_engine.ENGINE_ERRORS as exc:
         raise _engine_error(client, exc, f"looking up image {image_ref}") from None
     return list((image.attrs.get("Config") or {}).get("Cmd") or [])
 
@@ -236,11 +232,11 @@ def start_container(client: Any, spec: ContainerSpec, image_args: Sequence[str] 
         image_args = image_serving_args(client, spec.image_ref)
     try:
         container = client.containers.create(**create_kwargs(spec, image_args))
-    except _ENGINE_ERRORS as exc:
+    except docker_engine.ENGINE_ERRORS as exc:
         raise _engine_error(client, exc, f"creating container {spec.name} from {spec.image_ref}") from None
     try:
         container.start()
-    except _ENGINE_ERRORS as exc:
+    except docker_engine.ENGINE_ERRORS as exc:
         error = _engine_error(client, exc, f"starting container {spec.name}"
                                            f"{' with GPU device requests' if spec.gpu else ''}")
         _remove(container)
@@ -277,7 +273,7 @@ def endpoint_containers(client: Any, endpoint_name: str) -> list[Any]:
     """Every container (running or not) labelled with this endpoint, oldest first."""
     try:
         found = client.containers.list(all=True, filters={"label": f"{LABEL_ENDPOINT}={endpoint_name}"})
-    except _ENGINE_ERRORS as exc:
+    except docker_engine.ENGINE_ERRORS as exc:
         raise _engine_error(client, exc, f"listing containers of endpoint {endpoint_name}") from None
     return sorted(found, key=lambda c: c.attrs.get("Created", ""))
 
@@ -334,7 +330,7 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
         # check: nothing is started unless the engine answers, the image is there, ports are free
         try:
             client.ping()
-        except _ENGINE_ERRORS as exc:
+        except docker_engine.ENGINE_ERRORS as exc:
             raise _engine_error(client, exc, "pinging") from None
         image_args = image_serving_args(client, image_ref)
         grpc_port, rest_port = ports or free_port_pair()
@@ -349,7 +345,7 @@ def promote_container(client: Any, *, endpoint_name: str, model_name: str, versi
             old_target = target_of(old, host)
             if grpc_port in _ports(old_target) or rest_port in _ports(old_target):
                 raise PortInUse(f"Ports {grpc_port}/{rest_port} are the old container's")
-        report("check", f"engine {images.engine_address(client)} answers; image {image_ref}; ports "
+        report("check", f"engine {docker_engine.engine_address(client)} answers; image {image_ref}; ports "
                         f"{grpc_port}/{rest_port} free")
 
         state["step"] = "start"
@@ -441,7 +437,7 @@ def _check_running(client: Any, container: Any) -> None:
         container.reload()
     except docker.errors.NotFound:
         raise ContainerExited(f"Container {container.name} disappeared") from None
-    except _ENGINE_ERRORS as exc:
+    except docker_engine.ENGINE_ERRORS as exc:
         raise _engine_error(client, exc, f"inspecting {container.name}") from None
     status = container.attrs.get("State") or {}
     restarts = int(container.attrs.get("RestartCount") or 0)
@@ -536,7 +532,7 @@ def retire_containers(client: Any, endpoint_name: str, keep_ids: set[str], *,
             container.remove(force=True)
         except docker.errors.NotFound:
             pass
-        except _ENGINE_ERRORS as exc:
+        except docker_engine.ENGINE_ERRORS as exc:
             raise _engine_error(client, exc, f"retiring container {container.name}") from None
         removed.append(container.id)
         log.info("retired container %s of endpoint %s", container.name, endpoint_name)
@@ -553,7 +549,7 @@ def rollback_container(client: Any, *, endpoint_name: str, container_id: str,
     except docker.errors.NotFound:
         raise ContainerGone(f"Rollback container {container_id[:12]} of endpoint {endpoint_name} "
                             f"no longer exists: promote that release again") from None
-    except _ENGINE_ERRORS as exc:
+    except docker_engine.ENGINE_ERRORS as exc:
         raise _engine_error(client, exc, f"inspecting container {container_id[:12]}") from None
     if (container.labels or {}).get(LABEL_ENDPOINT) != endpoint_name:
         raise ContainerGone(f"Container {container.name} does not belong to endpoint {endpoint_name}")

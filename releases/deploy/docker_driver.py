@@ -28,6 +28,9 @@ from releases.router import write_route
 from releases.tfserving import TFServingClient
 
 
+PORT_PAIRS = 3  # gRPC base, base+2, base+4; REST one above each
+
+
 class NoImage(ValueError):
     """A docker endpoint runs images: the release has none."""
 
@@ -51,10 +54,11 @@ class DockerDriver(EndpointDriver):
             client = self.docker()
             state = self.state()
             old = self.container(client, state["active_container_id"])
+            kept = self.container(client, state["previous_container_id"])
             profile = self.spec.profile
             result = containers.promote_container(
                 client, endpoint_name=self.spec.name, model_name=model, version=version, image_ref=image_ref,
-                samples=samples, tolerance=tolerance, old=old, ports=self.ports(old), on_step=on_step,
+                samples=samples, tolerance=tolerance, old=old, ports=self.ports(old, kept), on_step=on_step,
                 deadline_s=self.spec.deadline_s, gpu=bool(profile.get("gpu")), release_id=release_id,
                 mounts=self.mounts(), environment=profile.get("environment") or None,
                 accept_signature_change=accept_signature_change)
@@ -89,6 +93,23 @@ class DockerDriver(EndpointDriver):
             return Outcome(endpoint_changes=self.switch(
                 self.backend(target), canary=None, active=state["previous_container_id"],
                 previous=state["active_container_id"]))
+
+    def recover(self, model: str, version: int, release_id: int, previous_version: int | None) -> Outcome:
+        with self.locked():  # a dead worker's flock went with it
+            client = self.docker()
+            state = self.state()
+            active = self.container(client, state["active_container_id"])
+            changes: dict[str, Any] = {}
+            if active is not None and active.labels.get(containers.LABEL_RELEASE) == str(release_id):
+                # The route had switched to the new container (or its canary split): back to the kept one.
+                target = containers.rollback_container(client, endpoint_name=self.spec.name,
+                                                       container_id=state["previous_container_id"])
+                changes = self.switch(self.backend(target), canary=None, active=target.container_id, previous="")
+            serving = changes.get("active_container_id", state["active_container_id"])
+            for container in containers.endpoint_containers(client, self.spec.name):
+                if container.labels.get(containers.LABEL_RELEASE) == str(release_id) and container.id != serving:
+                    container.remove(force=True)  # started by the dead promotion, never (or no longer) served
+        return Outcome(endpoint_changes=changes)
 
     def health(self) -> Health:
         with TFServingClient(self.spec.grpc_target, timeout=self.spec.rpc_timeout_s) as client:
@@ -140,12 +161,14 @@ class DockerDriver(EndpointDriver):
         except docker.errors.NotFound:
             return None
 
-    def ports(self, old: Any | None) -> tuple[int, int]:
-        """Side by side on host networking: alternate between two port pairs."""
+    def ports(self, *running: Any | None) -> tuple[int, int]:
+        """Side by side on host networking: the first of ``PORT_PAIRS`` pairs from the endpoint's base
+        that no running container of it holds. Up to two run when a promotion starts (the active
+        one and the one kept for rollback); neither is touched before the new one is validated,
+        so the new one needs a third pair."""
         base = int(self.spec.grpc_port_base or 9500)
-        if old is not None and containers.target_of(old).grpc_port == base:
-            return base + 2, base + 3
-        return base, base + 1
+        held = {containers.target_of(c).grpc_port for c in running if c is not None}
+        return next((port, port + 1) for port in range(base, base + 2 * PORT_PAIRS, 2) if port not in held)
 
     def mounts(self) -> list[Any]:
         return [docker.types.Mount(target=m["target"], source=m["source"], type="bind",

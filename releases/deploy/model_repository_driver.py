@@ -48,6 +48,24 @@ class ModelRepositoryDriver(EndpointDriver):
             raise NeedsRestage(str(exc)) from exc
         return Outcome()
 
+    def recover(self, model: str, version: int, release_id: int, previous_version: int | None) -> Outcome:
+        """Labels back on ``previous_version`` if they had moved to ``version``, then ``version``
+        unloaded and its staged directory deleted (only if Modelyard's manifest says it staged it)."""
+        repository = self.repository()
+        entry = engine.model_entry(engine.read_config(repository.config_path), model)
+        if entry is None:
+            return Outcome()  # killed before the model was ever configured here
+        if version in dict(entry.version_labels).values():
+            if previous_version is None:
+                raise engine.RetireRefused(f"{model} version {version} is labelled on {self.spec.name} and nothing "
+                                           "served before it: remove it by hand")
+            engine.rollback(repository, model_name=model, to_version=previous_version)
+            entry = engine.model_entry(engine.read_config(repository.config_path), model)
+        served = engine.policy_versions(entry)
+        if served is not None:
+            engine.retire(repository, model, served - {version}, delete_dirs=True)
+        return Outcome()
+
     def health(self) -> Health:
         """Per model: which version each label serves, the versions' states, and the entries of the
         model's directory Modelyard did not write. ``error`` never quotes a file."""

@@ -1,14 +1,14 @@
 """Fixtures on the real Docker engine and image registry: the one engine client (``docker_client``;
 ``docker_client.api`` is its low-level APIClient), the stand-in base image, image specs for the
-serving-image tests (releases/images.py) and, for the `docker` endpoint tests
+serving-image tests (releases/deploy/image_*.py) and, for the `docker` endpoint tests
 (releases/deploy/containers.py), the serving harness below. A pytest plugin: the root conftest.py
 lists it, so no test module imports these fixtures.
 
 TEST HARNESS, not a product image: production runs release images built FROM the real
 ``tensorflow/serving[-gpu]`` image, which cannot be fetched here (no Docker Hub). So the tests
-build a *serving-capable test base image*: the stand-in base (``images.ensure_standin_base_image``,
-busybox only) plus an entrypoint that mimics TF Serving's ``tf_serving_entrypoint.sh`` but execs
-this host's Python with our ``serving`` module:
+build a *serving-capable test base image*: the stand-in base (busybox only) plus an entrypoint that
+mimics TF Serving's ``tf_serving_entrypoint.sh`` but execs this host's Python with our ``serving``
+module (``releases.deploy.standin_image.ensure_harness_base_image``, public so bench/ uses it too):
 
     python -m serving --port=8500 --rest_api_port=8501 --model_name=${MODEL_NAME} \\
         --model_base_path=${MODEL_BASE_PATH}/${MODEL_NAME} "$@"
@@ -16,7 +16,7 @@ this host's Python with our ``serving`` module:
 Python, its libraries and the code are NOT in the image: each container bind-mounts, read-only,
 the host's shared libraries (/usr/lib, /lib, /lib64), the base Python installation the virtualenv
 links to, the virtualenv itself and the repository's ``serving/`` package (``harness_mounts()``).
-Release images are then built from that base with ``images.build_image`` unchanged (its CMD
+Release images are then built from that base with ``image_build.build_image`` unchanged (its CMD
 ``--model_config_file=/models/models.config`` is appended by the entrypoint), so a container
 really loads and serves the model baked into the image, over the real TF Serving protocol, with
 host networking (the engine here runs with --bridge=none: "host" or "none" only).
@@ -26,71 +26,22 @@ starts them (``.ci/run`` installs them).
 """
 from __future__ import annotations
 
-import io
 import os
-import sys
-import tarfile
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from releases import images
 from releases.deploy import containers
+from releases.deploy.image_build import build_image
+from releases.deploy.image_context import ImageSpec
+from releases.deploy.standin_image import ensure_harness_base_image, ensure_standin_base_image
 from tests.factories import Models
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = uuid.uuid4().hex[:10]
-HARNESS_SERVING_DIR = "/opt/modelyard-harness"
 REGISTRY = os.environ.get("MODELYARD_TEST_REGISTRY", "127.0.0.1:5000")
-
-HARNESS_ENTRYPOINT = """#!/bin/sh
-# TEST HARNESS standing in for tensorflow/serving's tf_serving_entrypoint.sh: same command line,
-# but `python -m serving` (the host's Python and virtualenv, bind-mounted read-only) instead of
-# tensorflow_model_server. Extra args (the image's CMD, then the ports) are appended.
-exec "$MODELYARD_HARNESS_PYTHON" -m serving --port=8500 --rest_api_port=8501 \\
-  --model_name=${MODEL_NAME} --model_base_path=${MODEL_BASE_PATH}/${MODEL_NAME} "$@"
-"""
-
-
-def harness_mounts() -> list[Any]:
-    """Read-only bind mounts that let the busybox base run this host's Python + TensorFlow."""
-    import docker
-
-    base_prefix = Path(os.path.realpath(sys.executable)).parents[1]  # e.g. ~/.pyenv/versions/3.11.7
-    pairs: dict[str, str] = {}
-    for target in ("/usr/lib", "/lib", "/lib64", "/usr/lib64"):
-        if os.path.exists(target):
-            pairs[target] = os.path.realpath(target)
-    pairs[str(base_prefix)] = str(base_prefix)
-    pairs[sys.prefix] = sys.prefix  # the virtualenv
-    pairs[f"{HARNESS_SERVING_DIR}/serving"] = str(REPO_ROOT / "serving")
-    return [docker.types.Mount(target=t, source=s, type="bind", read_only=True)
-            for t, s in pairs.items()]
-
-
-def _context(standin: str) -> bytes:
-    venv_python = str(Path(sys.prefix) / "bin" / "python")
-    dockerfile = "\n".join([
-        "# Modelyard TEST HARNESS: stands in for tensorflow/serving (see container_fixtures.py)",
-        f"FROM {standin}",
-        "COPY tf_serving_entrypoint.sh /usr/bin/tf_serving_entrypoint.sh",
-        f"ENV MODELYARD_HARNESS_PYTHON={venv_python} PYTHONPATH={HARNESS_SERVING_DIR} "
-        "PYTHONDONTWRITEBYTECODE=1 TF_USE_LEGACY_KERAS=1 TF_CPP_MIN_LOG_LEVEL=2 HOME=/tmp",
-        "LABEL io.modelyard.test-harness=true",
-        "",
-    ]).encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data, mode in (("Dockerfile", dockerfile, 0o644),
-                                 ("tf_serving_entrypoint.sh", HARNESS_ENTRYPOINT.encode(), 0o755)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def remove_image(client: Any, ref: str) -> None:
@@ -135,7 +86,7 @@ def registry_addr() -> str:
 def standin_base(docker_client: Any) -> Iterator[str]:
     """A stand-in TF Serving base image (busybox only), private to this test session."""
     tag = f"modelyard-test/serving-standin:{RUN_ID}"
-    images.ensure_standin_base_image(docker_client.api, tag)
+    ensure_standin_base_image(docker_client, tag)
     yield tag
     remove_image(docker_client, tag)
 
@@ -143,11 +94,11 @@ def standin_base(docker_client: Any) -> Iterator[str]:
 # --- serving images ----------------------------------------------------------------------------------
 
 @pytest.fixture
-def image_spec(tiny_models: Models) -> Callable[..., images.ImageSpec]:
+def image_spec(tiny_models: Models) -> Callable[..., ImageSpec]:
     """A factory of ImageSpecs with a unique repository per test (parallel runs never collide)."""
     repo = f"{REGISTRY}/modelyard-test/m{uuid.uuid4().hex[:10]}"
 
-    def make(**overrides: Any) -> images.ImageSpec:
+    def make(**overrides: Any) -> ImageSpec:
         fields = dict(
             model_name="digits", version=3, release_id=11, saved_model_dir=tiny_models["a"],
             model_sha256="ab" * 32, base_image="modelyard/serving:missing", repository=repo,
@@ -160,7 +111,7 @@ def image_spec(tiny_models: Models) -> Callable[..., images.ImageSpec]:
             warmup_requests=[{"x": np.full((1, 4), float(i), np.float32)} for i in range(3)],
         )
         fields.update(overrides)
-        return images.ImageSpec(**fields)  # type: ignore[arg-type]
+        return ImageSpec(**fields)  # type: ignore[arg-type]
 
     return make
 
@@ -180,11 +131,7 @@ def image_cleanup(docker_client: Any) -> Iterator[list[str]]:
 def harness_base(docker_client: Any, standin_base: str) -> Iterator[str]:
     """The serving-capable test base image (a test harness: see the module docstring)."""
     tag = f"modelyard-test/serving-harness:{RUN_ID}"
-    for chunk in docker_client.api.build(fileobj=io.BytesIO(_context(standin_base)), custom_context=True,
-                                         tag=tag, rm=True, forcerm=True, pull=False, decode=True,
-                                         network_mode="none"):
-        if "error" in chunk:
-            pytest.fail(f"building the harness base image failed: {chunk['error']}")
+    ensure_harness_base_image(docker_client, tag, standin=standin_base)
     yield tag
     remove_image(docker_client, tag)
 
@@ -192,19 +139,19 @@ def harness_base(docker_client: Any, standin_base: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def release_image(docker_client: Any, harness_base: str, tiny_models: Models
                   ) -> Iterator[Callable[..., str]]:
-    """release_image(model_name, version, source) -> image ref, built with images.build_image
+    """release_image(model_name, version, source) -> image ref, built with image_build.build_image
     from the harness base with tiny_models[source] baked in (label stable -> version)."""
     built: list[str] = []
     repository = f"{REGISTRY}/modelyard-test/c{RUN_ID}{uuid.uuid4().hex[:6]}"
 
     def build(model_name: str, version: int, source: str) -> str:
-        spec = images.ImageSpec(
+        spec = ImageSpec(
             model_name=model_name, version=version, release_id=100 + version,
             saved_model_dir=tiny_models[source], model_sha256="cd" * 32, base_image=harness_base,
             repository=repository, created="2024-05-01T12:00:00+00:00",
             version_labels={"stable": version})
         lines: list[str] = []
-        images.build_image(spec, client=docker_client.api, on_log=lines.append)
+        build_image(spec, client=docker_client.api, on_log=lines.append)
         built.append(spec.image_ref)
         return spec.image_ref
 

@@ -1,6 +1,6 @@
 """The `docker` endpoint kind (releases/deploy/containers.py) on the real Docker engine.
 
-Release images are built with images.build_image FROM a serving-capable TEST HARNESS base image
+Release images are built with image_build.build_image FROM a serving-capable TEST HARNESS base image
 (container_fixtures.py: the stand-in base + an entrypoint that runs this host's Python with our
 `serving` module from read-only bind mounts, standing in for the TF Serving image), so every
 container really loads the SavedModel baked into its image and answers over TF Serving's gRPC
@@ -23,7 +23,7 @@ from releases.deploy.repository_engine import PromotionFailed
 from releases.tfserving import LoadFailed, TFServingClient, WrongAnswers
 from serving.flags import parse as parse_serving_flags
 from releases.traffic import Traffic
-from tests.releases.container_fixtures import harness_mounts
+from releases.deploy.standin_image import harness_mounts
 
 MODEL = "tiny"
 TOLERANCE = (1e-5, 1e-6)
@@ -101,9 +101,9 @@ def state() -> dict:
 
 def promote(client, endpoint, image, version, samples, old=None, **kwargs):
     steps: list[str] = []
-    # images.build_image bakes version_labels {stable: N} into models.config but no
+    # image_build.build_image bakes version_labels {stable: N} into models.config but no
     # --allow_version_labels_for_unavailable_models: TF Serving (and serving/) refuse that label at
-    # startup, so the caller adds the flag (reported to the images.py owner).
+    # startup, so the caller adds the flag (reported to the image_context.py owner).
     kwargs.setdefault("extra_args", ["--max_num_load_retries=0",
                                      "--allow_version_labels_for_unavailable_models=true"])
     result = containers.promote_container(

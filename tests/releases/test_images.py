@@ -1,6 +1,7 @@
-"""Serving images (releases/images.py, releases/warmup.py): the deterministic build context and
-its generated files, then real builds on the Docker engine from a stand-in base image, pushes to
-the local registry, layer reuse, and the failures a release build meets."""
+"""Serving images (releases/deploy/image_context.py, image_build.py, image_registry.py,
+standin_image.py; releases/warmup.py): the deterministic build context and its generated files,
+then real builds on the Docker engine from a stand-in base image, pushes to the local registry,
+layer reuse, and the failures a release build meets."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 import requests
 
-from releases import images, warmup
-from releases.images import ImageBuildError
+from releases import warmup
+from releases.deploy import image_build, image_context, image_registry, standin_image
+from releases.deploy.image_context import ImageBuildError
 
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 EXPECTED_ARGS = ["--model_config_file=/models/models.config",
@@ -41,9 +43,9 @@ def _read(data: bytes, name: str) -> bytes:
 
 def test_context_is_byte_identical_and_has_the_expected_entries(image_spec, tiny_models):
     spec = image_spec()
-    first, second = images.write_context(spec), images.write_context(image_spec())
+    first, second = image_context.write_context(spec), image_context.write_context(image_spec())
     assert hashlib.sha256(first).hexdigest() == hashlib.sha256(second).hexdigest()
-    assert images.build_context(spec, io.BytesIO()) == hashlib.sha256(first).hexdigest()
+    assert image_context.build_context(spec, io.BytesIO()) == hashlib.sha256(first).hexdigest()
 
     members = _members(first)
     names = list(members)
@@ -53,7 +55,7 @@ def test_context_is_byte_identical_and_has_the_expected_entries(image_spec, tiny
                      "models/digits/3/assets.extra/tf_serving_warmup_requests"]:
         assert expected in members, expected
     for m in members.values():
-        assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (images.CONTEXT_MTIME, 0, 0, "", "")
+        assert (m.mtime, m.uid, m.gid, m.uname, m.gname) == (image_context.CONTEXT_MTIME, 0, 0, "", "")
         assert m.mode == (0o755 if m.isdir() else 0o644)
         assert m.isdir() or m.isfile()
         assert not m.pax_headers
@@ -61,13 +63,13 @@ def test_context_is_byte_identical_and_has_the_expected_entries(image_spec, tiny
         (spec.saved_model_dir / "saved_model.pb").read_bytes()
 
     # anything that goes into the image changes the context
-    assert images.write_context(image_spec(release_id=12)) != first
-    assert images.write_context(image_spec(saved_model_dir=tiny_models["b"])) != first
+    assert image_context.write_context(image_spec(release_id=12)) != first
+    assert image_context.write_context(image_spec(saved_model_dir=tiny_models["b"])) != first
 
 
 def test_dockerfile_layers_labels_and_serving_args(image_spec):
     spec = image_spec()
-    dockerfile = _read(images.write_context(spec), "Dockerfile").decode()
+    dockerfile = _read(image_context.write_context(spec), "Dockerfile").decode()
     steps = [line.split()[0] for line in dockerfile.splitlines()
              if line and not line.startswith(("#", " "))]
     assert steps == ["FROM", "ENV", "COPY", "COPY", "CMD", "LABEL"]  # model before config
@@ -76,7 +78,7 @@ def test_dockerfile_layers_labels_and_serving_args(image_spec):
     assert "ENV MODEL_NAME=digits\n" in dockerfile
     assert "COPY models/digits/3/ /models/digits/3/\n" in dockerfile
     assert "COPY models/models.config models/batching_parameters.txt /models/\n" in dockerfile
-    assert images.serving_args(spec) == EXPECTED_ARGS
+    assert image_context.serving_args(spec) == EXPECTED_ARGS
     for key in ["org.opencontainers.image.source", "org.opencontainers.image.revision",
                 "org.opencontainers.image.created", "org.opencontainers.image.title",
                 "io.modelyard.model", "io.modelyard.version", "io.modelyard.model-sha256",
@@ -84,29 +86,29 @@ def test_dockerfile_layers_labels_and_serving_args(image_spec):
         assert f'"{key}"=' in dockerfile
 
     plain = image_spec(batching=None, gpu_memory_fraction=None, xla=False)
-    assert images.serving_args(plain) == ["--model_config_file=/models/models.config",
+    assert image_context.serving_args(plain) == ["--model_config_file=/models/models.config",
                                           "--allow_version_labels_for_unavailable_models=true"]
     unlabelled = image_spec(batching=None, gpu_memory_fraction=None, xla=False, version_labels={})
-    assert images.serving_args(unlabelled) == ["--model_config_file=/models/models.config"]
-    assert "batching_parameters.txt" not in _members(images.write_context(plain))
+    assert image_context.serving_args(unlabelled) == ["--model_config_file=/models/models.config"]
+    assert "batching_parameters.txt" not in _members(image_context.write_context(plain))
 
 
 def test_prefer_tflite_needs_a_tflite_file(image_spec, tiny_models, tmp_path):
     with pytest.raises(ImageBuildError, match="model.tflite"):
-        images.write_context(image_spec(prefer_tflite=True))
+        image_context.write_context(image_spec(prefer_tflite=True))
     model_dir = tmp_path / "with-tflite"
     shutil.copytree(tiny_models["a"], model_dir)
     (model_dir / "model.tflite").write_bytes(b"TFL3 stand-in")
     spec = image_spec(prefer_tflite=True, saved_model_dir=model_dir)
-    assert images.serving_args(spec)[-1] == "--prefer_tflite_model=true"
-    assert "models/digits/3/model.tflite" in _members(images.write_context(spec))
+    assert image_context.serving_args(spec)[-1] == "--prefer_tflite_model=true"
+    assert "models/digits/3/model.tflite" in _members(image_context.write_context(spec))
 
 
 def test_models_config_parses_into_model_server_config(image_spec):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    data = images.write_context(image_spec(version_labels={"stable": 3, "canary": 3}))
+    data = image_context.write_context(image_spec(version_labels={"stable": 3, "canary": 3}))
     config = text_format.Parse(_read(data, "models/models.config").decode(),
                                model_server_config_pb2.ModelServerConfig())
     [entry] = config.model_config_list.config
@@ -118,15 +120,15 @@ def test_models_config_parses_into_model_server_config(image_spec):
 
 def test_version_label_must_name_the_served_version(image_spec):
     with pytest.raises(ImageBuildError, match="'stable' points to version 2.*only serves version 3"):
-        images.write_context(image_spec(version_labels={"stable": 2}))
+        image_context.write_context(image_spec(version_labels={"stable": 2}))
 
 
 def test_batching_file_parses_into_batching_parameters(image_spec):
     from google.protobuf import text_format
 
-    text = _read(images.write_context(image_spec()), "models/batching_parameters.txt").decode()
+    text = _read(image_context.write_context(image_spec()), "models/batching_parameters.txt").decode()
     assert "max_batch_size {\n  value: 8\n}" in text  # the wrapper form TF Serving reads
-    params = text_format.Parse(text, images.batching_parameters_class()())
+    params = text_format.Parse(text, image_context.batching_parameters_class()())
     assert params.DESCRIPTOR.full_name == "tensorflow.serving.BatchingParameters"
     assert params.max_batch_size.value == 8
     assert params.batch_timeout_micros.value == 2000
@@ -145,7 +147,7 @@ def test_batching_file_parses_into_batching_parameters(image_spec):
 ])
 def test_invalid_batching_is_refused(image_spec, batching, message):
     with pytest.raises(ImageBuildError, match=message) as err:
-        images.write_context(image_spec(batching=batching))
+        image_context.write_context(image_spec(batching=batching))
     assert err.value.retryable is False
 
 
@@ -174,13 +176,13 @@ def test_warmup_file_parses_back_into_prediction_logs(tmp_path, image_spec):
     assert again.read_bytes() == path.read_bytes()
     # the file in the context is the same writer's output
     spec = image_spec(warmup_requests=requests_)
-    in_context = _read(images.write_context(spec), "models/digits/3/assets.extra/tf_serving_warmup_requests")
+    in_context = _read(image_context.write_context(spec), "models/digits/3/assets.extra/tf_serving_warmup_requests")
     assert in_context == path.read_bytes()
 
     with pytest.raises(warmup.WarmupError, match="at most 1000"):
         warmup.write_warmup_file(tmp_path / "c", "digits", [{"features": np.zeros((1, 8))}] * 1001)
     with pytest.raises(ImageBuildError, match="Invalid warmup requests"):
-        images.write_context(image_spec(warmup_requests=[]))
+        image_context.write_context(image_spec(warmup_requests=[]))
 
 
 # ------------------------------------------------------------------ real engine and registry
@@ -189,7 +191,7 @@ def test_warmup_file_parses_back_into_prediction_logs(tmp_path, image_spec):
 def _build(spec, api, cleanup):  # type: ignore[no-untyped-def]
     log: list[str] = []
     cleanup.append(spec.image_ref)
-    built = images.build_image(spec, client=api, on_log=log.append)
+    built = image_build.build_image(spec, client=api, on_log=log.append)
     return built, log
 
 
@@ -212,7 +214,7 @@ def test_build_from_standin_base_has_labels_files_and_args(docker_client, standi
     spec = image_spec(base_image=standin_base)
     built, log = _build(spec, docker_client.api, image_cleanup)
     assert built.tag_ref == spec.image_ref and built.image_id.startswith("sha256:")
-    assert built.context_sha256 == hashlib.sha256(images.write_context(spec)).hexdigest()
+    assert built.context_sha256 == hashlib.sha256(image_context.write_context(spec)).hexdigest()
     assert any(line.startswith("Step 1/6 : FROM") for line in log)
     assert built.size > 0 and len(built.layers) == 3  # base, model, config
 
@@ -228,7 +230,7 @@ def test_build_from_standin_base_has_labels_files_and_args(docker_client, standi
     assert labels["org.opencontainers.image.created"] == "2024-05-01T12:00:00+00:00"
     assert labels["org.opencontainers.image.title"] == "digits"
     assert info["Config"]["Cmd"] == EXPECTED_ARGS
-    assert info["Config"]["Entrypoint"] == [images.STANDIN_ENTRYPOINT]  # inherited from the base
+    assert info["Config"]["Entrypoint"] == [standin_image.STANDIN_ENTRYPOINT]  # inherited from the base
     assert "MODEL_NAME=digits" in info["Config"]["Env"]
 
     saved = _file_in_image(docker_client.api, spec.image_ref, "/models/digits/3/saved_model.pb")
@@ -255,7 +257,7 @@ def test_push_records_the_registry_digest_and_verifies(docker_client, standin_ba
     spec = image_spec(base_image=standin_base)
     built, _ = _build(spec, docker_client.api, image_cleanup)
     log: list[str] = []
-    repo_digest = images.push_image(built, client=docker_client.api, auth=None, on_log=log.append)
+    repo_digest = image_registry.push_image(built, client=docker_client.api, auth=None, on_log=log.append)
     repository, digest = repo_digest.split("@")
     assert repository == spec.repository and digest.startswith("sha256:") and len(digest) == 71
     assert any("Pushed" in line for line in log)
@@ -268,12 +270,12 @@ def test_push_records_the_registry_digest_and_verifies(docker_client, standin_ba
     assert hashlib.sha256(resp.content).hexdigest() == digest.split(":")[1]
     assert len(resp.json()["layers"]) == len(built.layers)
 
-    images.verify_pushed(spec.repository, digest, docker_client.api, expected_image_id=built.image_id)
+    image_registry.verify_pushed(spec.repository, digest, docker_client.api, expected_image_id=built.image_id)
     with pytest.raises(ImageBuildError, match="but sha256:0+ was pushed"):
-        images.verify_pushed(spec.repository, digest, docker_client.api,
+        image_registry.verify_pushed(spec.repository, digest, docker_client.api,
                              expected_image_id="sha256:" + "0" * 64)
     with pytest.raises(ImageBuildError, match="Pulling .* back failed"):
-        images.verify_pushed(spec.repository, "sha256:" + "1" * 64, docker_client.api)
+        image_registry.verify_pushed(spec.repository, "sha256:" + "1" * 64, docker_client.api)
 
 
 @pytest.mark.docker
@@ -290,7 +292,7 @@ def test_identical_rebuild_reuses_every_layer(docker_client, standin_base, image
 @pytest.mark.docker
 def test_layer_reuse_follows_the_layer_order(docker_client, standin_base, image_spec, tiny_models,
                                              image_cleanup):
-    """Layers: [base, model, config]. Model first (see releases/images.py for why):
+    """Layers: [base, model, config]. Model first (see releases/deploy/image_context.py for why):
     - a serving-profile change (batching) reuses the model layer: ENV and the model COPY come
       from the cache, the model layer's diff id is the same; only the config layer is new;
     - a model-only change (same version, other weights) reuses the base and ENV only: the model
@@ -321,16 +323,16 @@ def test_engine_unreachable_is_retryable_with_a_clear_message(image_spec):
 
     api = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41", timeout=5)
     with pytest.raises(ImageBuildError) as err:
-        images.build_image(image_spec(), client=api, on_log=lambda line: None)
+        image_build.build_image(image_spec(), client=api, on_log=lambda line: None)
     assert err.value.retryable is True
     assert "Docker engine unreachable at unix:///nonexistent.sock" in str(err.value)
     with pytest.raises(ImageBuildError, match="unreachable at unix:///nonexistent.sock") as err:
-        images.ensure_standin_base_image(api, "modelyard-test/never:1")
+        standin_image.ensure_standin_base_image(api, "modelyard-test/never:1")
     assert err.value.retryable is True
     # the high-level DockerClient (what the release services pass) is accepted too
     high_level = docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41", timeout=5)
     with pytest.raises(ImageBuildError, match="unreachable at unix:///nonexistent.sock") as err:
-        images.build_image(image_spec(), client=high_level, on_log=lambda line: None)
+        image_build.build_image(image_spec(), client=high_level, on_log=lambda line: None)
     assert err.value.retryable is True
 
 
@@ -344,7 +346,7 @@ def test_push_refused_is_retryable_and_never_shows_credentials(docker_client, st
     built, _ = _build(spec, docker_client.api, image_cleanup)
     log: list[str] = []
     with pytest.raises(ImageBuildError) as err:
-        images.push_image(built, client=docker_client.api, on_log=log.append,
+        image_registry.push_image(built, client=docker_client.api, on_log=log.append,
                           auth={"username": "alice", "password": password})
     assert err.value.retryable is True
     message = str(err.value)
@@ -355,12 +357,12 @@ def test_push_refused_is_retryable_and_never_shows_credentials(docker_client, st
 
 @pytest.mark.docker
 def test_missing_base_image_is_named(docker_client, registry_addr, image_spec, image_cleanup):
-    missing = f"{registry_addr}/modelyard-test/no-such-base:{images.__name__.replace('.', '-')}"
+    missing = f"{registry_addr}/modelyard-test/no-such-base:{image_build.__name__.replace('.', '-')}"
     spec = image_spec(base_image=missing)
     with pytest.raises(ImageBuildError) as err:
         _build(spec, docker_client.api, image_cleanup)
     message = str(err.value)
     assert f"Base image '{missing}' is not available" in message
     assert "present in the local Docker engine or pullable" in message
-    assert images.BASE_IMAGE_SETTING in message
+    assert image_context.BASE_IMAGE_SETTING in message
     assert err.value.retryable is False

@@ -471,3 +471,47 @@ def test_file_and_reload_agree_when_the_server_polls_the_config(
         assert served_by(server, model_name, "stable", tiny_models) == 1
     assert_config_consistent(server, model_name)
     assert "Failed to reload model config" not in server.output()
+
+
+# --- a promotion whose process dies between steps ----------------------------------------------------
+
+@pytest.mark.parametrize("killed_after", ["load", "promote"])
+def test_a_killed_promotion_is_recovered(
+        model_server: LiveServer, tiny_models: Models, model_name: str, killed_after: str) -> None:
+    """A process promoting v2 is SIGKILLed after its `load` step (v2 loaded beside v1, labels not
+    moved) or after `promote` (stable already on v2, `done` never reached): nothing restored it.
+    The driver's ``recover`` (what the reaper calls) puts stable back on v1 and drops v2."""
+    from releases.deploy import EndpointSpec, driver_for
+
+    promote(model_server, tiny_models, model_name, 1, "a")
+    promoting = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from releases.deploy import repository_engine as engine\n"
+         "from releases.tfserving import TFServingClient\n"
+         f"endpoint = engine.RepositoryEndpoint({str(model_server.base_dir)!r}, {str(model_server.config_path)!r}, "
+         f"TFServingClient({model_server.client.grpc_target!r}))\n"
+         "def on_step(step, message):\n"
+         f"    if step == {killed_after!r}:\n"
+         "        print('paused', flush=True)\n"
+         "        time.sleep(60)\n"
+         f"engine.promote(endpoint, model_name={model_name!r}, version=2, saved_model_src={str(tiny_models['b'])!r}, "
+         f"samples={tiny_models.samples['b']!r}, on_step=on_step)\n"],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    try:
+        assert promoting.stdout.readline().strip() == "paused"
+    finally:
+        promoting.kill()
+        promoting.wait(timeout=10)
+    assert policy_versions(entry_of(model_server, model_name)) == {1, 2}  # what the dead promotion left
+    assert served_by(model_server, model_name, "stable", tiny_models) == (2 if killed_after == "promote" else 1)
+
+    driver = driver_for(EndpointSpec(name="killed", kind="model_repository", grpc_target=model_server.client.grpc_target,
+                                     repository_path=model_server.base_dir, config_path=model_server.config_path))
+    driver.recover(model_name, 2, release_id=7, previous_version=1)
+
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1
+    assert policy_versions(entry_of(model_server, model_name)) == {1}
+    assert sorted(p.name for p in (model_server.base_dir / model_name).iterdir()) == ["1"]
+    assert_config_consistent(model_server, model_name)
+    driver.recover(model_name, 2, release_id=7, previous_version=1)  # again: nothing left to do
+    assert served_by(model_server, model_name, "stable", tiny_models) == 1

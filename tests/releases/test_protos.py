@@ -58,7 +58,7 @@ def test_a_refused_reload_reads_with_its_code_and_message() -> None:
 def test_batching_parameters_round_trip_through_text_and_bytes() -> None:
     from google.protobuf import text_format
 
-    from releases.images import batching_parameters
+    from releases.deploy.image_context import batching_parameters
 
     message = batching_parameters({"max_batch_size": 32, "batch_timeout_micros": 1000, "allowed_batch_sizes": [8, 32]})
     text = text_format.MessageToString(message)

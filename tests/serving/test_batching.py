@@ -20,7 +20,8 @@ import tensorflow as tf
 from tensorflow.core.example import example_pb2
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
-from releases import environments, images
+from releases import environments
+from releases.deploy import image_context
 from serving_contract import ServerProcess, assert_rpc_error, monitoring_flag, only_ours, predict_request, write_config
 
 PREFIX = ":tensorflow:serving:batching_session:"
@@ -133,9 +134,9 @@ def repository(artifacts, tmp_path_factory) -> Path:
     entries = "".join(f"config {{ name: '{name}' base_path: '{repo / name}' model_platform: 'tensorflow' }}\n"
                       for name in ("toy", "examples", "warm"))
     write_config(repo / "models.config", f"model_config_list {{\n{entries}}}\n")
-    # The staging profile's file exactly as releases/images.py writes it into a TF Serving image.
+    # The staging profile's file exactly as releases/deploy/image_context.py writes it into a TF Serving image.
     staging = next(e for e in environments.DEFAULT_ENVIRONMENTS if e["name"] == "staging")["batching"]
-    write_config(repo / "batching_parameters.txt", images.batching_parameters_text(staging))
+    write_config(repo / "batching_parameters.txt", image_context.batching_parameters_text(staging))
     return repo
 
 

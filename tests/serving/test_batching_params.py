@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from releases import environments, images
+from releases import environments
+from releases.deploy import image_context
 from serving.batching_params import (
     DEFAULT_THREAD_POOL, FLAG_ONLY_THREAD_POOL, BatchingOptions, options_from_flags, read_options, schedulable_cpus)
 from serving.errors import Code, ServingError
@@ -28,7 +29,7 @@ def refused(tmp_path: Path, text: str) -> ServingError:
 @pytest.mark.parametrize("environment", [e["name"] for e in environments.DEFAULT_ENVIRONMENTS])
 def test_the_file_releases_writes_into_serving_images_is_read_as_written(tmp_path, environment):
     batching = next(e for e in environments.DEFAULT_ENVIRONMENTS if e["name"] == environment)["batching"]
-    options = read(tmp_path, images.batching_parameters_text(batching))
+    options = read(tmp_path, image_context.batching_parameters_text(batching))
     assert options.max_batch_size == batching["max_batch_size"]
     assert options.batch_timeout_micros == batching["batch_timeout_micros"]
     assert options.max_enqueued_batches == batching["max_enqueued_batches"]
