@@ -38,7 +38,6 @@ needs the network (no ``RUN``); the build runs with ``network_mode="none"``.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -56,6 +55,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from releases.errors import DockerEngineError
+from serving import batching_params as serving_batching
 
 MODELS_ROOT = "/models"
 MODELS_CONFIG = "models.config"
@@ -192,26 +192,11 @@ def model_server_config_text(spec: ImageSpec) -> str:
     return text_format.MessageToString(config)
 
 
-@functools.cache
 def batching_parameters_class() -> Any:
-    """``tensorflow.serving.BatchingParameters``, declared from session_bundle_config.proto (same
-    package, names, field numbers and types; see ``releases.protos``). tensorflow-serving-api does
-    not ship its generated module, and one that did would import TensorFlow's protos: endpoint
-    profiles are checked in web processes, which never import TensorFlow."""
-    from releases import protos
-
-    fdp = protos.new_file("tensorflow_serving/servables/tensorflow/session_bundle_config.proto", wrappers=True)
-    msg = fdp.message_type.add(name="BatchingParameters")
-    F = protos.Field
-    for name, number, wrapper in (("max_batch_size", 1, "Int64Value"),
-                                  ("batch_timeout_micros", 2, "Int64Value"),
-                                  ("max_enqueued_batches", 3, "Int64Value"),
-                                  ("num_batch_threads", 4, "Int64Value"),
-                                  ("thread_pool_name", 5, "StringValue")):
-        protos.add_field(msg, name, number, F.TYPE_MESSAGE, type_name=f".google.protobuf.{wrapper}")
-    protos.add_field(msg, "allowed_batch_sizes", 6, F.TYPE_INT64, repeated=True)
-    protos.add_field(msg, "pad_variable_length_inputs", 7, F.TYPE_BOOL)
-    return protos.message_classes(fdp)["BatchingParameters"]
+    """``tensorflow.serving.BatchingParameters``: the serving package's declaration of it (the
+    server reads the very file this writes), TensorFlow-free, as endpoint profiles are checked in
+    web processes."""
+    return serving_batching.batching_parameters_class()
 
 
 def batching_parameters(batching: Mapping[str, Any]) -> Any:
