@@ -50,6 +50,11 @@ def docker_endpoint(settings, harness_base, docker_client):  # type: ignore[no-u
     yield endpoint
     for container in docker_client.containers.list(all=True, filters={"label": f"{LABEL_ENDPOINT}={endpoint.name}"}):
         container.remove(force=True)
+    prefix = f"{settings.IMAGE_REGISTRY}/{settings.IMAGE_NAMESPACE}/"  # this test's release images
+    for image in docker_client.images.list():
+        for tag in image.tags:
+            if tag.startswith(prefix):
+                docker_client.images.remove(tag, force=True)
 
 
 def image_ready(api, bob_api, version, capture, override=""):  # type: ignore[no-untyped-def]
