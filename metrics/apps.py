@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.apps import AppConfig
 
 
@@ -12,14 +10,9 @@ class MetricsConfig(AppConfig):
 
     def ready(self) -> None:
         from metrics.models import VersionMetrics
+        from metrics.selectors import runs_by_version
         from registry import blobrefs, extensions
 
         blobrefs.register(VersionMetrics, "outputs_sha256")  # each run's raw outputs (.npz)
-        # The version API output shows its runs; the registry declares the field, this app fills it.
-        extensions.provide_version_field("metrics", _runs_by_version)
-
-
-def _runs_by_version(ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    from metrics.selectors import runs_by_version
-
-    return runs_by_version(ids)
+        # The version API output shows its runs; the registry declares the field, this app loads it.
+        extensions.provide_version_field("metrics", runs_by_version)

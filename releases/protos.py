@@ -13,15 +13,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 Field = descriptor_pb2.FieldDescriptorProto
-WRAPPERS = "google/protobuf/wrappers.proto"
 
 
-def new_file(name: str, package: str = "tensorflow.serving", *, wrappers: bool = False) -> descriptor_pb2.FileDescriptorProto:
-    return descriptor_pb2.FileDescriptorProto(name=name, package=package, syntax="proto3",
-                                              dependency=[WRAPPERS] if wrappers else [])
+def new_file(name: str, package: str = "tensorflow.serving") -> descriptor_pb2.FileDescriptorProto:
+    return descriptor_pb2.FileDescriptorProto(name=name, package=package, syntax="proto3")
 
 
 def add_field(message: Any, name: str, number: int, kind: int, *, repeated: bool = False,
@@ -36,10 +34,6 @@ def add_field(message: Any, name: str, number: int, kind: int, *, repeated: bool
 def message_classes(file: descriptor_pb2.FileDescriptorProto) -> dict[str, type]:
     """The classes of every message ``file`` declares, by short name, from a pool of their own."""
     pool = descriptor_pool.DescriptorPool()
-    if WRAPPERS in file.dependency:
-        wrappers = descriptor_pb2.FileDescriptorProto()
-        wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-        pool.Add(wrappers)
     pool.Add(file)
     return {m.name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{file.package}.{m.name}"))
             for m in file.message_type}
