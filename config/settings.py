@@ -166,9 +166,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["registry.permissions.ModelPermissions"],
+    # DRF's JSON written by orjson (registry/renderers.py); the browsable API as DRF has it.
+    "DEFAULT_RENDERER_CLASSES": ["registry.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     "DEFAULT_PAGINATION_CLASS": "registry.pagination.Pagination",
     "PAGE_SIZE": env_int("MODELYARD_PAGE_SIZE", 50, minimum=1),
-    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_FILTER_BACKENDS": ["registry.filters.FilterBackend"],
     # Refuses an over-deep JSON body before parsing it (registry/jsonlimits.py).
     "DEFAULT_PARSER_CLASSES": [
         "registry.parsers.JSONParser",

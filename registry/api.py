@@ -20,7 +20,7 @@ from registry.models import AuditEvent, Dataset, ModelAlias, ModelVersion, Regis
 from registry.parsers import JSONParser
 from registry.serializers import (
     AliasInput, AliasOutput, AuditEventOutput, DatasetCreateInput, DatasetOutput, ModelCreateInput, ModelOutput,
-    ModelUpdateInput, VersionCreateInput, VersionOutput, VersionUpdateInput,
+    ModelUpdateInput, VersionCreateInput, VersionOutput, VersionPage, VersionUpdateInput,
 )
 from registry.uploads import StagedFile, announced_too_large
 
@@ -89,11 +89,12 @@ class VersionList(generics.ListAPIView):
         # version once.
         return ModelVersion.objects.filter(model__name=self.kwargs["name"]).order_by("-number")
 
-    def paginate_queryset(self, queryset: QuerySet[ModelVersion]) -> list[ModelVersion] | None:
-        page = super().paginate_queryset(queryset)
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # Each page is read as plain rows in one query (``VersionPage``), not as model instances.
+        page = self.paginate_queryset(VersionPage(self.filter_queryset(self.get_queryset())))
         if not page:
             services.get_model(self.kwargs["name"])  # 404 for a model that does not exist
-        return page
+        return self.get_paginated_response(VersionOutput(page, many=True).data)
 
     @extend_schema(request={"multipart/form-data": VersionCreateInput}, responses={201: VersionOutput})
     @idempotent

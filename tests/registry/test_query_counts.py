@@ -17,8 +17,8 @@ from tests.conftest import upload
 
 # Counted with APIClient.force_authenticate: authentication costs nothing and the user object (with
 # its permission cache) is the same across requests, so these are the view's own statements.
-# COUNT, the page, its rows' model/parent/creator, tags with aliases (UNION ALL), metrics
-VERSION_PAGE = 5
+# COUNT, the page (joined to its rows' model, parent and creator), tags with aliases (UNION ALL), metrics
+VERSION_PAGE = 4
 MODEL_PAGE = 3  # COUNT, the page, tags (the owners' usernames: one more unless cached)
 # get_model, savepoint, next number (UPDATE + SELECT), INSERT version, INSERT audit row, webhook
 # subscriptions (integrations), release savepoint; the output is built from what was written
