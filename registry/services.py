@@ -9,10 +9,8 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F
-from django.db.models.functions import Coalesce
 
-from registry import archives, audit, blobrefs, datasets, inspection, jsonlimits
+from registry import archives, audit, blobrefs, datasets, inspection, jsonlimits, sql
 from registry.blobstore import artifact_store
 from registry.errors import Conflict, NotFound, RegistryError
 from registry.models import (
@@ -213,10 +211,12 @@ def _insert_version(*, model: RegisteredModel, staged: StagedFile, found: inspec
 def _next_number(model: RegisteredModel) -> int:
     """Take the next version number of ``model`` by incrementing its ``latest_version``. The
     UPDATE locks the model's row (PostgreSQL; SQLite's IMMEDIATE transaction locks the database),
-    so concurrent registrations of one model get consecutive numbers without retrying."""
-    models_ = RegisteredModel.objects.filter(pk=model.pk)
-    models_.update(latest_version=Coalesce(F("latest_version"), 0) + 1)
-    return models_.values_list("latest_version", flat=True).get()
+    so concurrent registrations of one model get consecutive numbers without retrying. One
+    statement (``RETURNING``, SQLite 3.35+ and PostgreSQL; the ORM's ``update`` cannot return)."""
+    latest = sql.name(RegisteredModel, "latest_version")
+    [(number,)] = sql.fetch(f"UPDATE {sql.table(RegisteredModel)} SET {latest} = COALESCE({latest}, 0) + 1 "
+                            f"WHERE {sql.name(RegisteredModel, 'id')} = %s RETURNING {latest}", [model.pk])
+    return number
 
 
 @transaction.atomic

@@ -22,7 +22,12 @@ def table(model: type[models.Model]) -> str:
 
 def column(model: type[models.Model], field: str) -> str:
     """``"table"."column"`` of a model's field (a foreign key's ``_id`` column for a relation)."""
-    return f"{table(model)}.{connection.ops.quote_name(model._meta.get_field(field).column)}"
+    return f"{table(model)}.{name(model, field)}"
+
+
+def name(model: type[models.Model], field: str) -> str:
+    """The field's column alone (``SET`` and ``RETURNING`` take it unqualified)."""
+    return connection.ops.quote_name(model._meta.get_field(field).column)
 
 
 def placeholders(values: Sequence[Any]) -> str:
