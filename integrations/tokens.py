@@ -131,7 +131,8 @@ class ScopedTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode(errors="replace").split()
         if len(header) != 2 or header[0].lower() not in ("bearer", "token") or not header[1].startswith(PREFIX):
             return None
-        token = ApiToken.objects.select_related("user").filter(token_hash=hash_secret(header[1])).first()
+        # token_hash is unique: [:1] rather than first(), which would add an ORDER BY to build and run
+        token = next(iter(ApiToken.objects.select_related("user").filter(token_hash=hash_secret(header[1]))[:1]), None)
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid token.")
         if token.revoked_at is not None:

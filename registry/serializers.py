@@ -279,8 +279,11 @@ class VersionRow:
                 for name in cls.__slots__[:cls.__slots__.index("created_at") + 1]]
 
     def __init__(self, values: tuple[Any, ...]) -> None:
-        for name, value in zip(self.__slots__, values):
-            setattr(self, name, json_value(value) if name in self.JSON_COLUMNS else value)
+        # Unpacked by position (a loop of setattr cost as much as the query): keep in __slots__ order.
+        (self.pk, self.model_name, self.number, self.format, self.artifact_sha256, self.artifact_size,
+         self.artifact_filename, signature, framework, self.parent_number, self.source, self.status,
+         self.description, metadata, self.created_by_name, self.created_at) = values
+        self.signature, self.framework, self.metadata = json_value(signature), json_value(framework), json_value(metadata)
 
 
 def json_value(text: str | None) -> Any:
