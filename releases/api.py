@@ -123,9 +123,10 @@ ReleasePromote = transition_view(promotion.release_promote, PromoteInput, takes_
 ReleaseComplete = transition_view(promotion.release_complete)
 ReleaseRollback = transition_view(
     promotion.release_rollback, CommentInput, takes_comment=True,
-    queued=(Release.State.ROLLING_BACK, "Accepted: the release is `rolling_back`; a version no longer on an endpoint is "
-                                        "staged again by the deploy worker, then the release is `rolled_back` (or "
-                                        "`failed` at `rollback:<endpoint>:<step>` with the reason). Poll the release."))
+    queued=(Release.State.ROLLING_BACK,
+            "Accepted: the release is `rolling_back`; a version no longer on an endpoint is staged again by the "
+            "deploy worker, then the release is `rolled_back` (or `failed` at `rollback:<endpoint>:<step>` with the "
+            "reason). Poll the release."))
 
 
 class EndpointList(generics.ListAPIView):

@@ -255,10 +255,7 @@ def release_promote_run(*, release_id: int) -> None:
                            name=f"promotion-{promotion.pk}"):
                 _promote_one(release, promotion)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `promoting`
-            if not isinstance(exc, (ModelyardError, OSError)):
-                log.exception("promotion of release %s to %s failed", release.pk, promotion.endpoint.name)
-            step = getattr(exc, "step", "prepare")
-            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            step, reason = _failure(exc, f"promotion of release {release.pk} to {promotion.endpoint.name}")
             _finish(promotion, PromotionState.FAILED, error=f"{step}: {reason}")
             release_fail(release, step=f"promote:{promotion.endpoint.name}:{step}", reason=reason,
                          retryable=_retryable(exc), allowed_from=[ReleaseState.PROMOTING])
@@ -272,6 +269,14 @@ def release_promote_run(*, release_id: int) -> None:
                    allowed_from=[ReleaseState.PROMOTING], actor=None,
                    action="release.canary" if canary else "release.live", verb="made live",
                    after={"endpoints": list(release.promotions.values_list("endpoint__name", flat=True))})
+
+
+def _failure(exc: BaseException, what: str) -> tuple[str, str]:
+    """The step a driver failed at and why, for the release; anything unexpected is logged with
+    its traceback."""
+    if not isinstance(exc, (ModelyardError, OSError)):
+        log.exception("%s failed", what)
+    return getattr(exc, "step", "prepare"), getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -449,11 +454,8 @@ def release_rollback_run(*, release_id: int) -> None:
                            name=f"rollback-{promotion.pk}"):
                 _restage(release, promotion)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `rolling_back`
-            if not isinstance(exc, (ModelyardError, OSError)):
-                log.exception("re-staging for the rollback of release %s on %s failed", release.pk,
-                              promotion.endpoint.name)
-            step = getattr(exc, "step", "prepare")
-            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            step, reason = _failure(exc, f"re-stage for the rollback of release {release.pk} on "
+                                         f"{promotion.endpoint.name}")
             _rollback_failed(release, promotion, step=step, reason=f"Staging v{promotion.previous_version} again on "
                              f"{promotion.endpoint.name} failed at {step}: {reason}", retryable=_retryable(exc))
             return

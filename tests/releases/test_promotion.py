@@ -418,3 +418,60 @@ def test_a_rollback_whose_re_stage_fails_ends_failed_with_the_reason_and_can_be_
     assert second.state == "rolled_back" and second.failure_step == "" and second.failure_reason == ""
     first.refresh_from_db()
     assert first.state == "live" and stable_version(server, name) == 1
+
+
+@pytest.mark.django_db(transaction=True)  # a real deploy worker (its own process) runs the re-stage
+def test_a_re_stage_whose_worker_is_killed_is_reaped_to_failed_and_rolling_back_again_finishes(
+        api, ready, immediate, storage_root, tmp_path, settings, django_capture_on_commit_callbacks):
+    """SIGKILL to the deploy worker right after it started staging v1 again (step `verify`, while
+    it unpacks and loads TensorFlow for the samples): the release stays `rolling_back` until the
+    scheduled reaper (`reap_jobs`) finds the stale heartbeat; then it is `failed`, retryable, at
+    `rollback:<endpoint>:verify`, the endpoint still on v2. Rolling back again finishes."""
+    import signal
+    import time
+
+    from django.core.management import call_command
+    from django_tasks_db.models import DBTaskResult
+
+    from config import settings as project_settings
+    from tests.processes import start_worker, stop, wait_for
+
+    name, server, endpoint = ready["model"].name, ready["server"], ready["endpoint"]
+    first, second = live_then_retired(api, ready, django_capture_on_commit_callbacks)
+    immediate_tasks, settings.TASKS = settings.TASKS, project_settings.TASKS  # the worker process takes it
+    worker = start_worker(storage_root=storage_root, log_path=tmp_path / "worker.log", queues="deploy")
+    try:
+        assert api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "retired"},
+                        format="json").status_code == 202
+
+        def verifying() -> bool:
+            return any(s["step"] == "verify" for s in Promotion.objects.get(release=second).steps)
+
+        wait_for(verifying, timeout=120, what=f"the re-stage to start (log: {tmp_path / 'worker.log'})")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        stop(worker)
+    time.sleep(3)
+    settings.OPTIMIZATION_HEARTBEAT_TIMEOUT = 2
+    assert api.get(f"/api/v1/releases/{second.pk}/").json()["state"] == "rolling_back"  # reads never reap
+
+    call_command("reap_jobs")  # what the scheduler's `reap_jobs --loop` does
+
+    second.refresh_from_db()
+    assert (second.state, second.retryable) == ("failed", True)
+    assert second.failure_step == f"rollback:{endpoint.name}:verify"
+    assert "stopped after step 'verify'" in second.failure_reason and "no heartbeat" in second.failure_reason
+    promotion = Promotion.objects.get(release=second)
+    assert promotion.state == "succeeded" and promotion.worker == "" and "no heartbeat" in promotion.error
+    assert DBTaskResult.objects.get(task_path="releases.tasks.rollback_release").status == "FAILED"
+    assert stable_version(server, name) == 2
+    call_command("reap_jobs")  # reaping is idempotent
+    assert AuditEvent.objects.filter(action="release.fail", object_id=str(second.pk)).count() == 1
+
+    settings.TASKS = immediate_tasks  # rolling back again, in this process now
+    api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "again"}, format="json")
+    second.refresh_from_db()
+    first.refresh_from_db()
+    assert (second.state, first.state) == ("rolled_back", "live"), second.failure_reason
+    assert stable_version(server, name) == 1
