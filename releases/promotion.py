@@ -247,12 +247,10 @@ def release_promote_run(*, release_id: int) -> None:
     queued = Promotion.objects.filter(release=release, state=PromotionState.QUEUED).select_related("endpoint")
     for promotion in queued:
         canary = canary or promotion.canary
-        if not Promotion.objects.filter(pk=promotion.pk, state=PromotionState.QUEUED).update(
-                state=PromotionState.RUNNING, worker=worker_name(), heartbeat_at=timezone.now()):
+        if not _claim(promotion, state=PromotionState.QUEUED, to=PromotionState.RUNNING):
             continue  # another worker took it
         try:
-            with Heartbeat(lambda: Promotion.objects.filter(pk=promotion.pk, state=PromotionState.RUNNING),
-                           name=f"promotion-{promotion.pk}"):
+            with _heartbeat(promotion, PromotionState.RUNNING):
                 _promote_one(release, promotion)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `promoting`
             step, reason = _failure(exc, f"promotion of release {release.pk} to {promotion.endpoint.name}")
@@ -269,6 +267,18 @@ def release_promote_run(*, release_id: int) -> None:
                    allowed_from=[ReleaseState.PROMOTING], actor=None,
                    action="release.canary" if canary else "release.live", verb="made live",
                    after={"endpoints": list(release.promotions.values_list("endpoint__name", flat=True))})
+
+
+def _claim(promotion: Promotion, *, state: str, to: str) -> bool:
+    """This worker takes ``promotion`` if it is still ``state`` and nobody's: a conditional update,
+    so of two workers one wins."""
+    return bool(Promotion.objects.filter(pk=promotion.pk, state=state, worker="").update(
+        state=to, worker=worker_name(), heartbeat_at=timezone.now()))
+
+
+def _heartbeat(promotion: Promotion, state: str) -> Heartbeat:
+    """Beats while ``promotion`` is still ``state``: one the reaper has taken stays stale."""
+    return Heartbeat(lambda: Promotion.objects.filter(pk=promotion.pk, state=state), name=f"promotion-{promotion.pk}")
 
 
 def _failure(exc: BaseException, what: str) -> tuple[str, str]:
@@ -446,12 +456,10 @@ def release_rollback_run(*, release_id: int) -> None:
         return
     queued = Promotion.objects.filter(release=release, state=PromotionState.ROLLING_BACK, worker="")
     for promotion in queued.select_related("endpoint"):
-        if not Promotion.objects.filter(pk=promotion.pk, state=PromotionState.ROLLING_BACK, worker="").update(
-                worker=worker_name(), heartbeat_at=timezone.now()):
+        if not _claim(promotion, state=PromotionState.ROLLING_BACK, to=PromotionState.ROLLING_BACK):
             continue  # another worker took it
         try:
-            with Heartbeat(lambda: Promotion.objects.filter(pk=promotion.pk, state=PromotionState.ROLLING_BACK),
-                           name=f"rollback-{promotion.pk}"):
+            with _heartbeat(promotion, PromotionState.ROLLING_BACK):
                 _restage(release, promotion)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `rolling_back`
             step, reason = _failure(exc, f"re-stage for the rollback of release {release.pk} on "
