@@ -320,19 +320,26 @@ def live_then_retired(api, ready, capture):  # type: ignore[no-untyped-def]
 
 
 def rollback_queued(api, release, capture, comment="latency spike"):  # type: ignore[no-untyped-def]
-    """POST rollback; the task it enqueues on commit is returned, not run."""
+    """POST rollback; the deploy task it enqueues on commit is returned, not run (webhooks, if
+    any, are not sent)."""
     with capture(execute=False) as callbacks:
         response = api.post(f"/api/v1/releases/{release.pk}/rollback/", {"comment": comment}, format="json")
     assert response.status_code == 202, response.content
-    assert len(callbacks) == 1
-    return response, callbacks[0]
+    (enqueue,) = [c for c in callbacks if c.__qualname__.startswith("_queue_restage")]
+    return response, enqueue
 
 
 @pytest.mark.django_db
 def test_a_rollback_to_a_retired_version_is_accepted_then_the_deploy_worker_stages_it_again(
-        api, alice, ready, immediate, django_capture_on_commit_callbacks):
+        api, alice, ready, immediate, settings, django_capture_on_commit_callbacks):
+    from integrations import webhooks
+    from integrations.models import WebhookDelivery
+
     name, server, endpoint = ready["model"].name, ready["server"], ready["endpoint"]
     first, second = live_then_retired(api, ready, django_capture_on_commit_callbacks)
+    settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    webhooks.subscription_create(owner=alice, url="http://127.0.0.1:9/x",
+                                 events=["release.rolling_back", "release.rolled_back"])
 
     response, run_task = rollback_queued(api, second, django_capture_on_commit_callbacks)
     assert response.json()["state"] == "rolling_back"
@@ -365,6 +372,8 @@ def test_a_rollback_to_a_retired_version_is_accepted_then_the_deploy_worker_stag
     assert done.after == {"state": "rolled_back", "to_versions": [1]}
     endpoint.refresh_from_db()
     assert endpoint.health[name]["labels"]["stable"] == 1
+    assert [(d.event, d.payload["object"]["state"]) for d in WebhookDelivery.objects.order_by("pk")] == [
+        ("release.rolling_back", "rolling_back"), ("release.rolled_back", "rolled_back")]
     assert api.post(f"/api/v1/releases/{second.pk}/rollback/", {}, format="json").status_code == 409
     run_task()  # the task again (a redelivery): the release is no longer rolling back, nothing changes
     assert AuditEvent.objects.filter(action="release.rollback", object_id=str(second.pk)).count() == 1
