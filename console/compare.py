@@ -135,8 +135,10 @@ def stepper(release: Release) -> list[dict[str, str]]:
         current = order[ReleaseState.PROMOTING] + 0.5
     elif state in order:
         current = order[state]
-    elif state in (ReleaseState.ROLLED_BACK, ReleaseState.SUPERSEDED):
+    elif state in (ReleaseState.ROLLING_BACK, ReleaseState.ROLLED_BACK, ReleaseState.SUPERSEDED):
         current = len(names)  # it went live, then was replaced
+    elif state == ReleaseState.FAILED and release.failure_step.startswith("rollback"):
+        current = order[ReleaseState.LIVE]  # it went live; going back failed
     elif state == ReleaseState.FAILED:
         step = release.failure_step
         current = order[ReleaseState.PROMOTING] if step.startswith("promote") else order.get(ReleaseState.IMAGE_BUILDING, order[ReleaseState.APPROVED])

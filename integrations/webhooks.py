@@ -48,6 +48,7 @@ AUDIT_EVENTS: dict[str, str] = {
     "release.complete": "release.live",
     "release.canary": "release.canary",
     "release.fail": "release.failed",
+    "release.rollback_requested": "release.rolling_back",  # a re-stage is running on the deploy worker
     "release.rollback": "release.rolled_back",
     "endpoint.unhealthy": "endpoint.unhealthy",
 }

@@ -117,11 +117,12 @@ class ReleaseAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
 
 
     def _each(self, request: HttpRequest, queryset: QuerySet[Release], verb: str, call: Any) -> None:
-        """Run one service per selected release; report each outcome (rules are the services')."""
+        """Run one service per selected release; report each outcome (rules are the services').
+        ``verb`` may name the state the service left the release in: ``{state}``."""
         for release in queryset:
             try:
-                call(release)
-                self.message_user(request, f"Release {release.pk}: {verb}.")
+                done = call(release)
+                self.message_user(request, f"Release {release.pk}: {verb.format(state=done.get_state_display().lower())}.")
             except ModelyardError as exc:
                 self.message_user(request, f"Release {release.pk}: {exc.message}", messages.ERROR)
 
@@ -150,7 +151,8 @@ class ReleaseAdmin(NoSaveButtonsMixin, admin.ModelAdmin):
 
     @admin.action(description="Roll back selected releases", permissions=["change"])
     def rollback(self, request: HttpRequest, queryset: QuerySet[Release]) -> None:
-        self._each(request, queryset, "rolled back", lambda r: promotion.release_rollback(release=r, actor=request.user))
+        # rolled_back, or rolling_back while the deploy worker stages the previous version again
+        self._each(request, queryset, "{state}", lambda r: promotion.release_rollback(release=r, actor=request.user))
 
 
 class PromotionInline(admin.TabularInline):

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, permissions, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -73,6 +73,7 @@ class _Transition(APIView):
     queryset = Release.objects.none()
     permission_action = "change"
     input_class: type = CommentInput
+    queued_state = ""  # the service answers in this state when it left the work to a task: 202
 
     def call(self, release: Release, actor: Any, data: dict[str, Any]) -> Release:
         raise NotImplementedError
@@ -82,11 +83,15 @@ class _Transition(APIView):
         serializer = self.input_class(data=request.data)
         serializer.is_valid(raise_exception=True)
         release = self.call(services.get_release(release_id), request.user, serializer.validated_data)
-        return _detail(release.pk)
+        queued = self.queued_state and release.state == self.queued_state
+        return _detail(release.pk, status.HTTP_202_ACCEPTED if queued else status.HTTP_200_OK)
 
 
 def transition_view(service: Callable[..., Release], input_class: type = CommentInput, *,
-               decides: bool = False, takes_comment: bool = False) -> type[_Transition]:
+                    decides: bool = False, takes_comment: bool = False,
+                    queued: tuple[str, str] | None = None) -> type[_Transition]:
+    """``queued``: (state, description) of an answer the service gives when a task finishes the
+    work: 202 with the release in that state (documented in the schema beside the 200)."""
     class View(_Transition):
         def call(self, release: Release, actor: Any, data: dict[str, Any]) -> Release:
             kwargs = dict(data) if (decides or takes_comment) else {}
@@ -98,7 +103,12 @@ def transition_view(service: Callable[..., Release], input_class: type = Comment
         # the approver need not hold change_release.
         View.permission_classes = [permissions.IsAuthenticated]
     View.__name__ = f"{service.__name__.title().replace('_', '')}View"
-    View.post = extend_schema(request=input_class, responses=ReleaseDetailOutput)(View.post)  # type: ignore[method-assign]
+    responses: Any = ReleaseDetailOutput
+    if queued:
+        View.queued_state = queued[0]
+        responses = {200: OpenApiResponse(ReleaseDetailOutput, description="Done: the release in its new state."),
+                     202: OpenApiResponse(ReleaseDetailOutput, description=queued[1])}
+    View.post = extend_schema(request=input_class, responses=responses)(View.post)  # type: ignore[method-assign]
     return View
 
 
@@ -111,7 +121,12 @@ ReleaseBuild = transition_view(services.release_build_request)
 
 ReleasePromote = transition_view(promotion.release_promote, PromoteInput, takes_comment=True)
 ReleaseComplete = transition_view(promotion.release_complete)
-ReleaseRollback = transition_view(promotion.release_rollback, CommentInput, takes_comment=True)
+ReleaseRollback = transition_view(
+    promotion.release_rollback, CommentInput, takes_comment=True,
+    queued=(Release.State.ROLLING_BACK,
+            "Accepted: the release is `rolling_back`; a version no longer on an endpoint is staged again by the "
+            "deploy worker, then the release is `rolled_back` (or `failed` at `rollback:<endpoint>:<step>` with the "
+            "reason). Poll the release."))
 
 
 class EndpointList(generics.ListAPIView):

@@ -72,6 +72,7 @@ class Release(models.Model):
         PROMOTING = "promoting"
         CANARY = "canary"
         LIVE = "live"
+        ROLLING_BACK = "rolling_back"  # a rollback re-stages a version on the deploy worker
         ROLLED_BACK = "rolled_back"
         SUPERSEDED = "superseded"
         FAILED = "failed"
@@ -192,6 +193,9 @@ class Promotion(models.Model):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        # the release's rollback re-stages the previous version here (deploy worker); back to
+        # SUCCEEDED when that is done or failed, ROLLED_BACK with the release
+        ROLLING_BACK = "rolling_back"
         ROLLED_BACK = "rolled_back"
 
     release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="promotions")
@@ -205,8 +209,8 @@ class Promotion(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # while running: who runs it and when it last said so (a scheduled reaper restores the endpoint
-    # of a promotion whose worker died: releases.promotion.promotions_reap_stale)
+    # while running or re-staging for a rollback: who runs it and when it last said so (a scheduled
+    # reaper handles a promotion whose worker died: releases.promotion.promotions_reap_stale)
     worker = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
 

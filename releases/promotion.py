@@ -247,18 +247,13 @@ def release_promote_run(*, release_id: int) -> None:
     queued = Promotion.objects.filter(release=release, state=PromotionState.QUEUED).select_related("endpoint")
     for promotion in queued:
         canary = canary or promotion.canary
-        if not Promotion.objects.filter(pk=promotion.pk, state=PromotionState.QUEUED).update(
-                state=PromotionState.RUNNING, worker=worker_name(), heartbeat_at=timezone.now()):
+        if not _claim(promotion, state=PromotionState.QUEUED, to=PromotionState.RUNNING):
             continue  # another worker took it
         try:
-            with Heartbeat(lambda: Promotion.objects.filter(pk=promotion.pk, state=PromotionState.RUNNING),
-                           name=f"promotion-{promotion.pk}"):
+            with _heartbeat(promotion, PromotionState.RUNNING):
                 _promote_one(release, promotion)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `promoting`
-            if not isinstance(exc, (ModelyardError, OSError)):
-                log.exception("promotion of release %s to %s failed", release.pk, promotion.endpoint.name)
-            step = getattr(exc, "step", "prepare")
-            reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            step, reason = _failure(exc, f"promotion of release {release.pk} to {promotion.endpoint.name}")
             _finish(promotion, PromotionState.FAILED, error=f"{step}: {reason}")
             release_fail(release, step=f"promote:{promotion.endpoint.name}:{step}", reason=reason,
                          retryable=_retryable(exc), allowed_from=[ReleaseState.PROMOTING])
@@ -272,6 +267,26 @@ def release_promote_run(*, release_id: int) -> None:
                    allowed_from=[ReleaseState.PROMOTING], actor=None,
                    action="release.canary" if canary else "release.live", verb="made live",
                    after={"endpoints": list(release.promotions.values_list("endpoint__name", flat=True))})
+
+
+def _claim(promotion: Promotion, *, state: str, to: str) -> bool:
+    """This worker takes ``promotion`` if it is still ``state`` and nobody's: a conditional update,
+    so of two workers one wins."""
+    return bool(Promotion.objects.filter(pk=promotion.pk, state=state, worker="").update(
+        state=to, worker=worker_name(), heartbeat_at=timezone.now()))
+
+
+def _heartbeat(promotion: Promotion, state: str) -> Heartbeat:
+    """Beats while ``promotion`` is still ``state``: one the reaper has taken stays stale."""
+    return Heartbeat(lambda: Promotion.objects.filter(pk=promotion.pk, state=state), name=f"promotion-{promotion.pk}")
+
+
+def _failure(exc: BaseException, what: str) -> tuple[str, str]:
+    """The step a driver failed at and why, for the release; anything unexpected is logged with
+    its traceback."""
+    if not isinstance(exc, (ModelyardError, OSError)):
+        log.exception("%s failed", what)
+    return getattr(exc, "step", "prepare"), getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -312,20 +327,29 @@ def _apply(endpoint: Endpoint, outcome: deploy.Outcome) -> None:
 
 
 def _promote_one(release: Release, promotion: Promotion) -> None:
-    version = release.version
-    target = driver(promotion.endpoint)  # the endpoint's paths and hosts are checked again first
-    workdir = Path(tempfile.mkdtemp(prefix=f"promote-{release.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
+    outcome = _serve(driver(promotion.endpoint), promotion, release.version,  # paths and hosts checked again
+                     canary=promotion.canary, weight=promotion.canary_weight if promotion.canary else 100,
+                     image_ref=release.image_ref if release.image_digest else "", release_id=release.pk,
+                     accept_signature_change=bool(gates.approved_signature_change(release)))
+    _finish(promotion, PromotionState.SUCCEEDED, previous=outcome.previous_version)
+
+
+def _serve(target: deploy.EndpointDriver, promotion: Promotion, version: ModelVersion, *, canary: bool = False,
+           weight: int = 100, image_ref: str = "", release_id: int | None = None,
+           accept_signature_change: bool = False) -> deploy.Outcome:
+    """Unpack ``version`` from the registry (its digest checked) and have the driver promote it,
+    validated on its samples, every step recorded on ``promotion``: a promotion, or a rollback's
+    re-stage of the version that served before. Loads TensorFlow: workers only."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"promote-{promotion.release_id}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
     try:
         _record_step(promotion, "verify", f"verifying sha256 {version.artifact_sha256[:12]}… of v{version.number}")
         model_path = registry.version_unpack(version, workdir / "model")  # refuses a tampered artifact
         outcome = target.promote(
-            version.model.name, version.number, model_path, samples_for(version, model_path), promotion.canary,
-            lambda s, m: _record_step(promotion, s, m), tolerance=tolerance_for(version),
-            image_ref=release.image_ref if release.image_digest else "", release_id=release.pk,
-            weight=promotion.canary_weight if promotion.canary else 100,
-            accept_signature_change=bool(gates.approved_signature_change(release)))
+            version.model.name, version.number, model_path, samples_for(version, model_path), canary,
+            lambda s, m: _record_step(promotion, s, m), tolerance=tolerance_for(version), image_ref=image_ref,
+            release_id=release_id, weight=weight, accept_signature_change=accept_signature_change)
         _apply(promotion.endpoint, outcome)
-        _finish(promotion, PromotionState.SUCCEEDED, previous=outcome.previous_version)
+        return outcome
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -347,47 +371,147 @@ def release_complete(*, release: Release, actor: AbstractBaseUser) -> Release:
                           action="release.complete", verb="completed")
 
 
-def release_rollback(*, release: Release, actor: AbstractBaseUser, comment: str = "") -> Release:
-    """All traffic back to the version that served before this release (a label or route flip
-    while that version is still there; staged again from the registry otherwise)."""
+ROLLBACK_FROM = [ReleaseState.LIVE, ReleaseState.CANARY, ReleaseState.FAILED]  # failed: at `rollback:…` only
+NO_FAILURE = {"failure_step": "", "failure_reason": "", "retryable": False}
+
+
+def release_rollback(*, release: Release, actor: AbstractBaseUser | None, comment: str = "") -> Release:
+    """All traffic back to the version that served before this release. A label or route flip is
+    done here and the release is ``rolled_back`` at once. Where that version is gone from an
+    endpoint (retired since), staging it again loads TensorFlow and takes seconds: the release goes
+    ``rolling_back`` and the deploy worker does it (``release_rollback_run``); the flips of the
+    other endpoints are done here all the same. A release whose rollback failed (``failed`` at
+    ``rollback:…``) may be rolled back again."""
     release.refresh_from_db()
-    if release.state not in (ReleaseState.LIVE, ReleaseState.CANARY):
-        raise InvalidTransition(f"Release {release.pk} is {release.state}; only a live or canary release can be "
-                                "rolled back.", details={"state": release.state})
+    _check_rollback(release)
     promotions = list(release.promotions.filter(state=PromotionState.SUCCEEDED).select_related("endpoint"))
     for promotion in promotions:
         if promotion.previous_version is None:
             raise Conflict(f"Nothing served before release {release.pk} on {promotion.endpoint.name}: there is "
                            "no version to roll back to.", code="nothing_to_roll_back")
+    restage = []
     for promotion in promotions:
-        _rollback_one(release, promotion)
+        try:
+            _apply(promotion.endpoint, driver(promotion.endpoint).rollback(release.version.model.name,
+                                                                           promotion.previous_version))
+        except deploy.NeedsRestage:
+            restage.append(promotion)
+            continue
         check_endpoint_health(promotion.endpoint)
+    if restage:
+        return _queue_restage(release, restage, actor=actor, comment=comment)
+    return _rolled_back(release, actor=actor, comment=comment, allowed_from=ROLLBACK_FROM)
+
+
+def _check_rollback(release: Release) -> None:
+    if release.state == ReleaseState.ROLLING_BACK:
+        raise InvalidTransition(f"Release {release.pk} is already rolling back: the deploy worker is staging the "
+                                "previous version again. Wait for it to end (rolled_back, or failed with the reason).",
+                                details={"state": release.state})
+    failed_rollback = release.state == ReleaseState.FAILED and release.failure_step.startswith("rollback")
+    if release.state not in (ReleaseState.LIVE, ReleaseState.CANARY) and not failed_rollback:
+        raise InvalidTransition(f"Release {release.pk} is {release.state}; only a live or canary release (or one "
+                                "whose rollback failed) can be rolled back.", details={"state": release.state})
+
+
+@transaction.atomic
+def _queue_restage(release: Release, restage: list[Promotion], *, actor: AbstractBaseUser | None,
+                   comment: str) -> Release:
+    """``rolling_back``, and the re-stage of each of ``restage`` queued on the deploy worker."""
+    release = transition(release, to=ReleaseState.ROLLING_BACK, allowed_from=ROLLBACK_FROM, actor=actor,
+                         action="release.rollback_requested", verb="rolled back", comment=comment, fields=NO_FAILURE,
+                         after={"restage": {p.endpoint.name: p.previous_version for p in restage}})
+    Promotion.objects.filter(pk__in=[p.pk for p in restage], state=PromotionState.SUCCEEDED).update(
+        state=PromotionState.ROLLING_BACK, worker="", heartbeat_at=None, error="")
+    from releases.tasks import rollback_release
+
+    transaction.on_commit(lambda: rollback_release.enqueue(release.pk))
+    return release
+
+
+def _rolled_back(release: Release, *, actor: AbstractBaseUser | None, comment: str,
+                 allowed_from: list[str]) -> Release:
+    """The end of every rollback, in the request (flips only) or on the worker (after re-staging):
+    the releases that served before are live again; this one and its promotions are rolled back."""
     with transaction.atomic():
-        previous_numbers = {p.previous_version for p in promotions}
+        promotions = list(Promotion.objects.filter(release=release, state=PromotionState.SUCCEEDED)
+                          .values_list("pk", "previous_version"))
+        previous_numbers = {number for _, number in promotions}
         Release.objects.filter(environment=release.environment, version__model=release.version.model,
                                version__number__in=previous_numbers, state=ReleaseState.SUPERSEDED).update(
             state=ReleaseState.LIVE)
-        Promotion.objects.filter(pk__in=[p.pk for p in promotions]).update(state=PromotionState.ROLLED_BACK)
-        return transition(release, to=ReleaseState.ROLLED_BACK, allowed_from=[ReleaseState.LIVE, ReleaseState.CANARY],
-                          actor=actor, action="release.rollback", verb="rolled back", comment=comment,
+        Promotion.objects.filter(pk__in=[pk for pk, _ in promotions]).update(state=PromotionState.ROLLED_BACK)
+        return transition(release, to=ReleaseState.ROLLED_BACK, allowed_from=allowed_from, actor=actor,
+                          action="release.rollback", verb="rolled back", comment=comment, fields=NO_FAILURE,
                           after={"to_versions": sorted(previous_numbers)})
 
 
-def _rollback_one(release: Release, promotion: Promotion) -> None:
-    model_name = release.version.model.name
-    target = driver(promotion.endpoint)
-    try:
-        _apply(promotion.endpoint, target.rollback(model_name, promotion.previous_version))
-    except deploy.NeedsRestage:
-        # Retired since: stage it again from the registry (identical bytes, same number) and promote it.
-        previous = ModelVersion.objects.get(model=release.version.model, number=promotion.previous_version)
-        workdir = Path(tempfile.mkdtemp(prefix=f"rollback-{release.pk}-", dir=settings.FILE_UPLOAD_TEMP_DIR))
+def release_rollback_run(*, release_id: int) -> None:
+    """The deploy worker's part of a rollback: stage again, on each endpoint queued for it, the
+    version that served before, then end the rollback as the request would have. Any failure
+    ends the release ``failed`` at ``rollback:<endpoint>:<step>`` (retryable: roll back again).
+    Safe to run twice (each endpoint is claimed with a conditional update)."""
+    release = Release.objects.select_related("version__model", "environment").get(pk=release_id)
+    if release.state != ReleaseState.ROLLING_BACK:
+        return
+    queued = Promotion.objects.filter(release=release, state=PromotionState.ROLLING_BACK, worker="")
+    for promotion in queued.select_related("endpoint"):
+        if not _claim(promotion, state=PromotionState.ROLLING_BACK, to=PromotionState.ROLLING_BACK):
+            continue  # another worker took it
         try:
-            path = registry.version_unpack(previous, workdir / "model")
-            _apply(promotion.endpoint, target.promote(model_name, previous.number, path, samples_for(previous, path),
-                                                      False, None, tolerance=tolerance_for(previous)))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            with _heartbeat(promotion, PromotionState.ROLLING_BACK):
+                _restage(release, promotion)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the release must not stay `rolling_back`
+            step, reason = _failure(exc, f"re-stage for the rollback of release {release.pk} on "
+                                         f"{promotion.endpoint.name}")
+            _rollback_failed(release, promotion, step=step, reason=f"Staging v{promotion.previous_version} again on "
+                             f"{promotion.endpoint.name} failed at {step}: {reason}", retryable=_retryable(exc))
+            return
+        Promotion.objects.filter(pk=promotion.pk, state=PromotionState.ROLLING_BACK).update(
+            state=PromotionState.SUCCEEDED, worker="", heartbeat_at=None)
+        check_endpoint_health(promotion.endpoint)
+    if Promotion.objects.filter(release=release, state=PromotionState.ROLLING_BACK).exists():
+        return  # another worker is still re-staging on another endpoint: the last one ends the rollback
+    actor, comment = _rollback_request(release)
+    try:
+        _rolled_back(release, actor=actor, comment=comment, allowed_from=[ReleaseState.ROLLING_BACK])
+    except InvalidTransition:
+        log.info("release %s: its rollback was ended by another worker", release.pk)
+
+
+def _restage(release: Release, promotion: Promotion) -> None:
+    """The version that served before is gone from the endpoint: staged again from the registry
+    (identical bytes, same number), validated and made stable as a promotion would be."""
+    previous = ModelVersion.objects.select_related("model").get(model=release.version.model,
+                                                                 number=promotion.previous_version)
+    _record_step(promotion, "rollback", f"v{previous.number} is no longer on {promotion.endpoint.name}: staging it "
+                                        "again from the registry")
+    _serve(driver(promotion.endpoint), promotion, previous)
+
+
+def _rollback_failed(release: Release, promotion: Promotion, *, step: str, reason: str, retryable: bool) -> None:
+    """The release fails with the reason; its promotions are back to ``succeeded`` (what they
+    were before the rollback: rolling back again retries every endpoint)."""
+    with transaction.atomic():
+        Promotion.objects.filter(release=release, state=PromotionState.ROLLING_BACK).update(
+            state=PromotionState.SUCCEEDED, worker="", heartbeat_at=None)
+        Promotion.objects.filter(pk=promotion.pk).update(error=f"rollback {step}: {reason}")
+        try:
+            release_fail(release, step=f"rollback:{promotion.endpoint.name}:{step}", reason=reason,
+                         retryable=retryable, allowed_from=[ReleaseState.ROLLING_BACK])
+        except InvalidTransition:
+            log.warning("release %s left `rolling_back` before its failed re-stage was recorded", release.pk)
+    check_endpoint_health(promotion.endpoint)
+
+
+def _rollback_request(release: Release) -> tuple[Any, str]:
+    """Who asked for the rollback that is running, and why: its ``release.rollback_requested``
+    audit row (the final ``release.rollback`` row names them too)."""
+    from registry.models import AuditEvent
+
+    asked = (AuditEvent.objects.filter(action="release.rollback_requested", object_type="releases.release",
+                                       object_id=str(release.pk)).select_related("actor").order_by("-pk").first())
+    return (asked.actor, asked.comment) if asked else (None, "")
 
 
 # --- promotions whose worker died ---------------------------------------------------------------
@@ -395,13 +519,34 @@ def _rollback_one(release: Release, promotion: Promotion) -> None:
 def promotions_reap_stale(*, older_than: timedelta | None = None) -> int:
     """Promotions whose worker stopped sending heartbeats (killed between steps, machine lost): the
     driver puts the endpoint back on what it served before and removes what the promotion left,
-    and the release fails, retryable, with the reason. Run on a schedule (``manage.py reap_jobs
-    --loop``, which runs every app's reaper), never in a request. Returns how many were reaped;
-    safe to run from several processes at once (one conditional update claims each)."""
+    and the release fails, retryable, with the reason. A rollback's re-stage whose worker died
+    fails its release the same way (``rollback:…``), the endpoint left as it is: rolling back
+    again finishes the job. Run on a schedule (``manage.py reap_jobs --loop``, which runs every
+    app's reaper), never in a request. Returns how many were reaped; safe to run from several
+    processes at once (one conditional update claims each)."""
     cutoff = timezone.now() - (older_than or timedelta(seconds=settings.OPTIMIZATION_HEARTBEAT_TIMEOUT))
     stale = Promotion.objects.select_related("release__version__model", "release__environment", "endpoint").filter(
-        state=PromotionState.RUNNING, heartbeat_at__lt=cutoff)
-    return sum(_reap_promotion(promotion, cutoff) for promotion in stale)
+        heartbeat_at__lt=cutoff)
+    return (sum(_reap_promotion(p, cutoff) for p in stale.filter(state=PromotionState.RUNNING))
+            + sum(_reap_restage(p, cutoff) for p in stale.filter(state=PromotionState.ROLLING_BACK)))
+
+
+def _reap_restage(promotion: Promotion, cutoff: Any) -> bool:
+    """Why not ``recover`` as for a promotion: it would put back the version being rolled away
+    from. The endpoint serves either version (the one staged again only once validated); the
+    release fails, retryable, and rolling back again flips or re-stages what is still needed."""
+    release, endpoint = promotion.release, promotion.endpoint
+    step = promotion.steps[-1]["step"] if promotion.steps else "prepare"
+    lost = (f"The worker staging v{promotion.previous_version} again on {endpoint.name} for the rollback "
+            f"({promotion.worker or 'unknown'}) stopped after step {step!r}: no heartbeat since "
+            f"{promotion.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC. Roll back again to finish.")
+    if not Promotion.objects.filter(pk=promotion.pk, state=PromotionState.ROLLING_BACK,
+                                    heartbeat_at__lt=cutoff).update(state=PromotionState.SUCCEEDED, worker="",
+                                                                    heartbeat_at=None):
+        return False  # another reaper took it, or the worker beat again
+    close_orphan_task_results("releases.tasks.rollback_release", [release.pk], worker=promotion.worker)
+    _rollback_failed(release, promotion, step=step, reason=lost, retryable=True)
+    return True
 
 
 def _reap_promotion(promotion: Promotion, cutoff: Any) -> bool:

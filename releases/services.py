@@ -170,6 +170,11 @@ def release_reject(*, release: Release, actor: AbstractBaseUser, comment: str) -
 
 @transaction.atomic
 def release_cancel(*, release: Release, actor: AbstractBaseUser, comment: str = "") -> Release:
+    release.refresh_from_db()
+    if release.state == ReleaseState.FAILED and release.failure_step.startswith("rollback"):
+        # Its version may still serve on an endpoint: only finishing the rollback ends it.
+        raise InvalidTransition(f"Release {release.pk} failed while rolling back and may still be served; roll it "
+                                "back again rather than cancel it.", details={"state": release.state})
     return transition(release, to=ReleaseState.CANCELLED,
                  allowed_from=[ReleaseState.DRAFT, ReleaseState.PENDING_APPROVAL, ReleaseState.APPROVED, ReleaseState.IMAGE_READY, ReleaseState.FAILED], actor=actor,
                  action="release.cancel", verb="cancelled", comment=comment)

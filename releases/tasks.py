@@ -23,3 +23,10 @@ def check_endpoints() -> int:
     from releases import promotion
 
     return promotion.check_all_endpoints()
+
+
+@task(queue_name="deploy")
+def rollback_release(release_id: int) -> None:
+    from releases import promotion
+
+    promotion.release_rollback_run(release_id=release_id)

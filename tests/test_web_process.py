@@ -175,8 +175,40 @@ def api_pages(job_id: int, release_ids: list[int]) -> list[str]:
     return pages + [f"/releases/{release_id}/" for release_id in release_ids]
 
 
+def live_again_over_a_retired_version(rolled_back: Any) -> Any:
+    """``rolled_back``'s version released and promoted again (here, in the test process), over v1;
+    then v1 retired from the endpoint (its directory deleted), so rolling back needs it re-staged."""
+    from releases import promotion
+    from releases.deploy import repository_engine as engine
+    from releases.models import Endpoint, Release
+
+    again = Release.objects.create(version=rolled_back.version, environment=rolled_back.environment,
+                                   requester=rolled_back.requester, state="image_ready")
+    promotion.release_promote_request(release=again, actor=None)
+    again.refresh_from_db()
+    assert again.state == "live", again.failure_reason
+    engine.retire(promotion.driver(Endpoint.objects.get(name="local")).repository(), "digits", {again.version.number},
+                  delete_dirs=True)
+    return again
+
+
+def run_deploy_tasks(settings: Any) -> None:
+    """What the deploy worker does with the tasks the web process queued: ``db_worker --batch``
+    on the database backend, in this process (which may load TensorFlow)."""
+    from django.core.management import call_command
+    from django_tasks_db.models import DBTaskResult
+
+    from config import settings as project_settings
+
+    assert DBTaskResult.objects.filter(queue_name="deploy", status="READY").count() == 1
+    settings.TASKS = project_settings.TASKS
+    call_command("db_worker", "--batch", "--queue-name", "deploy", "--no-startup-delay")
+    assert DBTaskResult.objects.get(queue_name="deploy", task_path="releases.tasks.rollback_release").status \
+        == "SUCCESSFUL"
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_web_worker_serving_every_page_never_imports_tensorflow(instance, web, artifacts) -> None:
+def test_a_web_worker_serving_every_page_never_imports_tensorflow(instance, web, artifacts, settings) -> None:
     from optimization.models import OptimizationJob
     from registry.models import ModelVersion
     from releases.models import Endpoint
@@ -223,6 +255,19 @@ def test_a_web_worker_serving_every_page_never_imports_tensorflow(instance, web,
     assert browser.api("POST", f"/releases/{canary.pk}/rollback/", json={"comment": "web probe"})["state"] \
         == "rolled_back"
     assert browser.api("GET", "/endpoints/local/?refresh=1")["health"]["digits"]["labels"]["stable"] == 1
+    # A rollback to a version retired from the endpoint since: the web process only queues it
+    # (202, rolling_back, the pages say so; a second call is a 409); the deploy worker stages it.
+    again = live_again_over_a_retired_version(canary)
+    assert browser.api("POST", f"/releases/{again.pk}/rollback/", 202, json={"comment": "retired"})["state"] \
+        == "rolling_back"
+    browser.api("POST", f"/releases/{again.pk}/rollback/", 409, json={"comment": "twice"})
+    for path in (f"/releases/{again.pk}/", f"/releases/{again.pk}/live/"):
+        assert "Rolling Back" in browser.get(path).text
+    run_deploy_tasks(settings)
+    again.refresh_from_db()
+    assert again.state == "rolled_back", (again.failure_step, again.failure_reason)
+    assert browser.api("GET", "/endpoints/local/?refresh=1")["health"]["digits"]["labels"]["stable"] == 1
+    releases.append(again.pk)
 
     # Every read.
     for path in console_pages(job["id"], releases):

@@ -374,7 +374,8 @@ def _show_release(ctx: click.Context, r: dict) -> None:
 
 TERMINAL = {"rejected", "failed", "cancelled", "superseded", "rolled_back"}
 REACHED = {"approved": {"approved", "image_building", "image_ready", "promoting", "live", "canary"},
-           "live": {"live"}, "canary": {"canary", "live"}, "image_ready": {"image_ready", "promoting", "live", "canary"}}
+           "live": {"live"}, "canary": {"canary", "live"}, "image_ready": {"image_ready", "promoting", "live", "canary"},
+           "rolled_back": {"rolled_back"}}
 
 
 def _finish(ctx: click.Context, client: Client, r: dict, wait_for: Optional[str], timeout: float,
@@ -457,7 +458,8 @@ _action("promote", "Promote an approved release to its endpoints (a task; use --
         click.option("--endpoint", default=""), click.option("--canary", is_flag=True),
         body=lambda endpoint, canary: {"endpoint": endpoint, "canary": canary})
 _action("complete", "Complete a canary (move stable to it).")
-_action("rollback", "Roll back to the version that served before.", click.option("--comment", default=""),
+_action("rollback", "Roll back to the version that served before (a task when it must be staged again: "
+                    "--wait-for rolled_back).", click.option("--comment", default=""),
         body=lambda comment: {"comment": comment})
 
 

@@ -36,7 +36,8 @@ def state_class(state: str) -> str:
         return "ok"
     if state in ("failed", "rejected", "rolled_back", "cancelled"):
         return "bad"
-    if state in ("pending_approval", "running", "queued", "promoting", "image_building", "canary", "retrying"):
+    if state in ("pending_approval", "running", "queued", "promoting", "image_building", "canary", "retrying",
+                 "rolling_back"):
         return "warn"
     return "plain"
 

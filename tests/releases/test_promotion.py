@@ -298,3 +298,192 @@ def test_an_endpoint_failing_a_rollback_is_a_500_with_its_message_in_the_api_and
     assert page.status_code == 200 and f"Release {second.pk}: {shown}" in page.content.decode()
     second.refresh_from_db()
     assert second.state == "live" and stable_version(ready["server"], ready["model"].name) == 2
+
+
+# --- a rollback to a version no longer on the endpoint: re-staged by the deploy worker ----------
+
+def live_then_retired(api, ready, capture):  # type: ignore[no-untyped-def]
+    """v1 live, then v2 live over it; then v1 retired from the endpoint (its directory deleted, as
+    the repository engine's `retire` does): rolling v2 back needs v1 staged again."""
+    from releases import promotion as service
+    from releases.deploy import repository_engine as engine
+
+    first, second = ready["image_ready"](ready["v1"]), ready["image_ready"](ready["v2"])
+    promote(api, first, capture)
+    promote(api, second, capture)
+    first.refresh_from_db()
+    assert (first.state, second.state) == ("superseded", "live")
+    name, server = ready["model"].name, ready["server"]
+    engine.retire(service.driver(ready["endpoint"]).repository(), name, {2}, delete_dirs=True)
+    assert not (server.base_dir / name / "1").exists()
+    return first, second
+
+
+def rollback_queued(api, release, capture, comment="latency spike"):  # type: ignore[no-untyped-def]
+    """POST rollback; the deploy task it enqueues on commit is returned, not run (webhooks, if
+    any, are not sent)."""
+    with capture(execute=False) as callbacks:
+        response = api.post(f"/api/v1/releases/{release.pk}/rollback/", {"comment": comment}, format="json")
+    assert response.status_code == 202, response.content
+    (enqueue,) = [c for c in callbacks if c.__qualname__.startswith("_queue_restage")]
+    return response, enqueue
+
+
+@pytest.mark.django_db
+def test_a_rollback_to_a_retired_version_is_accepted_then_the_deploy_worker_stages_it_again(
+        api, alice, ready, immediate, settings, django_capture_on_commit_callbacks):
+    from integrations import webhooks
+    from integrations.models import WebhookDelivery
+
+    name, server, endpoint = ready["model"].name, ready["server"], ready["endpoint"]
+    first, second = live_then_retired(api, ready, django_capture_on_commit_callbacks)
+    settings.WEBHOOK_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    webhooks.subscription_create(owner=alice, url="http://127.0.0.1:9/x",
+                                 events=["release.rolling_back", "release.rolled_back"])
+
+    response, run_task = rollback_queued(api, second, django_capture_on_commit_callbacks)
+    assert response.json()["state"] == "rolling_back"
+    second.refresh_from_db()
+    assert second.state == "rolling_back"
+    assert Promotion.objects.get(release=second).state == "rolling_back"
+    asked = AuditEvent.objects.get(action="release.rollback_requested", object_id=str(second.pk))
+    assert asked.actor == alice and asked.comment == "latency spike"
+    assert asked.after == {"state": "rolling_back", "restage": {endpoint.name: 1}}
+    # The request staged nothing: v2 still serves, v1 is still gone.
+    assert stable_version(server, name) == 2 and not (server.base_dir / name / "1").exists()
+    again = api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "twice"}, format="json")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_transition"
+    assert "already rolling back" in again.json()["error"]["message"]
+    assert api.get(f"/api/v1/releases/{second.pk}/").json()["state"] == "rolling_back"
+
+    run_task()  # enqueue: the immediate backend runs the deploy task here
+
+    second.refresh_from_db()
+    first.refresh_from_db()
+    assert (second.state, first.state) == ("rolled_back", "live"), (second.failure_step, second.failure_reason)
+    assert stable_version(server, name) == 1
+    assert (server.base_dir / name / "1" / ".modelyard-manifest.json").exists()
+    promotion = Promotion.objects.get(release=second)
+    assert promotion.state == "rolled_back" and promotion.worker == "" and promotion.error == ""
+    steps = [s["step"] for s in promotion.steps]
+    assert steps[steps.index("rollback"):][:2] == ["rollback", "verify"] and steps[-1] == "done"
+    done = AuditEvent.objects.get(action="release.rollback", object_id=str(second.pk))
+    assert done.actor == alice and done.comment == "latency spike"
+    assert done.after == {"state": "rolled_back", "to_versions": [1]}
+    endpoint.refresh_from_db()
+    assert endpoint.health[name]["labels"]["stable"] == 1
+    assert [(d.event, d.payload["object"]["state"]) for d in WebhookDelivery.objects.order_by("pk")] == [
+        ("release.rolling_back", "rolling_back"), ("release.rolled_back", "rolled_back")]
+    assert api.post(f"/api/v1/releases/{second.pk}/rollback/", {}, format="json").status_code == 409
+    run_task()  # the task again (a redelivery): the release is no longer rolling back, nothing changes
+    assert AuditEvent.objects.filter(action="release.rollback", object_id=str(second.pk)).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_rollback_whose_re_stage_fails_ends_failed_with_the_reason_and_can_be_rolled_back_again(
+        api, client, django_user_model, ready, immediate, django_capture_on_commit_callbacks):
+    """v1's stored artifact no longer matches its digest: the worker refuses it, the release fails
+    at rollback:<endpoint>:prepare, v2 keeps serving. Once the artifact is whole again, rolling
+    back again (here from the admin, the same service) finishes the job."""
+    from django.contrib.auth.models import Permission
+
+    from registry.blobstore import artifact_store
+
+    name, server, endpoint = ready["model"].name, ready["server"], ready["endpoint"]
+    first, second = live_then_retired(api, ready, django_capture_on_commit_callbacks)
+    blob = artifact_store().blob_path(ready["v1"].artifact_sha256)
+    original = blob.read_bytes()
+    blob.chmod(0o640)
+    blob.write_bytes(original[:-200] + bytes(b ^ 0xFF for b in original[-200:]))
+
+    _, run_task = rollback_queued(api, second, django_capture_on_commit_callbacks)
+    run_task()
+
+    second.refresh_from_db()
+    assert second.state == "failed" and second.failure_step == f"rollback:{endpoint.name}:prepare"
+    assert second.failure_reason.startswith(f"Staging v1 again on {endpoint.name} failed at prepare")
+    assert "digest" in second.failure_reason and second.retryable is False
+    promotion = Promotion.objects.get(release=second)
+    assert promotion.state == "succeeded" and promotion.worker == "" and "digest" in promotion.error
+    first.refresh_from_db()
+    assert first.state == "superseded" and stable_version(server, name) == 2
+    assert AuditEvent.objects.filter(action="release.fail", object_id=str(second.pk)).count() == 1
+    cancel = api.post(f"/api/v1/releases/{second.pk}/cancel/", {"comment": "x"}, format="json")
+    assert cancel.status_code == 409 and "roll it back again" in cancel.json()["error"]["message"]
+    assert api.post(f"/api/v1/releases/{second.pk}/promote/", {}, format="json").status_code == 409
+
+    blob.write_bytes(original)
+    operator = django_user_model.objects.create_user("op", password="pw-op-12345", is_staff=True)
+    operator.user_permissions.add(*Permission.objects.filter(codename__in=["change_release", "view_release"]))
+    client.force_login(operator)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        page = client.post("/admin/releases/release/", {"action": "rollback", "_selected_action": [second.pk]},
+                           follow=True)
+    assert f"Release {second.pk}: rolling back." in page.content.decode()
+    detail = client.get(f"/admin/releases/release/{second.pk}/change/").content.decode()
+    assert "rolling_back" in detail or "Rolling Back" in detail
+    callbacks[0]()
+    second.refresh_from_db()
+    assert second.state == "rolled_back" and second.failure_step == "" and second.failure_reason == ""
+    first.refresh_from_db()
+    assert first.state == "live" and stable_version(server, name) == 1
+
+
+@pytest.mark.django_db(transaction=True)  # a real deploy worker (its own process) runs the re-stage
+def test_a_re_stage_whose_worker_is_killed_is_reaped_to_failed_and_rolling_back_again_finishes(
+        api, ready, immediate, storage_root, tmp_path, settings, django_capture_on_commit_callbacks):
+    """SIGKILL to the deploy worker once it started staging v1 again (step `verify`, while it
+    unpacks and loads TensorFlow for the samples): the release stays `rolling_back` until the
+    scheduled reaper (`reap_jobs`) finds the stale heartbeat; then it is `failed`, retryable, at
+    `rollback:<endpoint>:<last step>`, the endpoint still on v2. Rolling back again finishes."""
+    import signal
+    import time
+
+    from django.core.management import call_command
+    from django_tasks_db.models import DBTaskResult
+
+    from config import settings as project_settings
+    from tests.processes import start_worker, stop, wait_for
+
+    name, server, endpoint = ready["model"].name, ready["server"], ready["endpoint"]
+    first, second = live_then_retired(api, ready, django_capture_on_commit_callbacks)
+    immediate_tasks, settings.TASKS = settings.TASKS, project_settings.TASKS  # the worker process takes it
+    worker = start_worker(storage_root=storage_root, log_path=tmp_path / "worker.log", queues="deploy")
+    try:
+        assert api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "retired"},
+                        format="json").status_code == 202
+
+        def verifying() -> bool:  # the steps of v2's own promotion come first
+            steps = [s["step"] for s in Promotion.objects.get(release=second).steps]
+            restage = steps[steps.index("rollback") + 1:] if "rollback" in steps else []
+            return bool(restage) and "done" not in restage  # `verify` lasts seconds: TensorFlow loads
+
+        wait_for(verifying, timeout=120, what=f"the re-stage to start (log: {tmp_path / 'worker.log'})")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        stop(worker)
+    time.sleep(3)
+    settings.OPTIMIZATION_HEARTBEAT_TIMEOUT = 2
+    assert api.get(f"/api/v1/releases/{second.pk}/").json()["state"] == "rolling_back"  # reads never reap
+
+    call_command("reap_jobs")  # what the scheduler's `reap_jobs --loop` does
+
+    second.refresh_from_db()
+    assert (second.state, second.retryable) == ("failed", True)
+    promotion = Promotion.objects.get(release=second)
+    last = promotion.steps[-1]["step"]  # `verify`, unless the poll came late
+    assert second.failure_step == f"rollback:{endpoint.name}:{last}"
+    assert f"stopped after step '{last}'" in second.failure_reason and "no heartbeat" in second.failure_reason
+    assert promotion.state == "succeeded" and promotion.worker == "" and "no heartbeat" in promotion.error
+    assert DBTaskResult.objects.get(task_path="releases.tasks.rollback_release").status == "FAILED"
+    assert stable_version(server, name) == 2
+    call_command("reap_jobs")  # reaping is idempotent
+    assert AuditEvent.objects.filter(action="release.fail", object_id=str(second.pk)).count() == 1
+
+    settings.TASKS = immediate_tasks  # rolling back again, in this process now
+    api.post(f"/api/v1/releases/{second.pk}/rollback/", {"comment": "again"}, format="json")
+    second.refresh_from_db()
+    first.refresh_from_db()
+    assert (second.state, first.state) == ("rolled_back", "live"), second.failure_reason
+    assert stable_version(server, name) == 1
