@@ -3,9 +3,11 @@
 Each process that inspects (a gunicorn worker, the task worker, a test run) owns up to
 ``MODELYARD_INSPECT_POOL_SIZE`` inspector processes, started lazily and kept warm: TensorFlow is
 imported once per inspector, not once per upload. An inspector takes one artifact at a time and is
-replaced after ``MODELYARD_INSPECT_MAX_JOBS`` jobs, after any crash, and after any limit
-(``MODELYARD_INSPECT_MEMORY_MB``, ``MODELYARD_INSPECT_TIMEOUT``); the replacement starts right away
-so its import overlaps whatever comes next. An inspector idle for ``MODELYARD_INSPECT_IDLE_SECONDS``
+replaced after any crash and after any limit (``MODELYARD_INSPECT_MEMORY_MB``,
+``MODELYARD_INSPECT_TIMEOUT``), the replacement starting right away so its import overlaps
+whatever comes next; after ``MODELYARD_INSPECT_MAX_JOBS`` jobs its successor is started and the
+worn one goes on taking jobs until the successor is ready (a few seconds with two TensorFlow
+processes), so that no upload waits for a cold start at a recycle. An inspector idle for ``MODELYARD_INSPECT_IDLE_SECONDS``
 exits by itself, giving its memory back.
 
 Processes are started with ``subprocess`` (fork immediately followed by exec of a fresh
@@ -114,6 +116,21 @@ class Inspector:
             raise InspectorUnavailable("The model inspector process could not start; see the server log.")
         self.ready = True
 
+    def poll_ready(self) -> bool:
+        """Whether it has said it is ready, without waiting (False while it imports TensorFlow,
+        and for one that died starting: ``alive`` tells those apart)."""
+        if self.ready:
+            return True
+        assert self.proc.stdout is not None
+        readable, _, _ = select.select([self.proc.stdout.fileno()], [], [], 0)
+        if readable and self.alive():
+            self.wait_ready()  # the hello line is there: read it (kills and raises if it is wrong)
+        return self.ready
+
+    @property
+    def worn(self) -> bool:
+        return self.jobs >= settings.INSPECT_MAX_JOBS
+
     def ask(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send one job; its reply, or ``_Crashed`` / ``TimeoutError``."""
         self.jobs += 1
@@ -198,6 +215,9 @@ class InspectorPool:
         self._cond = threading.Condition()
         self._idle: list[Inspector] = []
         self._busy: set[Inspector] = set()
+        # The replacement of an inspector that did its last allowed job, importing TensorFlow
+        # while the worn one goes on serving: no upload waits for a cold start at a recycle.
+        self._successor: Inspector | None = None
 
     def prewarm(self) -> bool:
         """Start an inspector unless one is idle (or the pool is full); True if one was started."""
@@ -213,7 +233,15 @@ class InspectorPool:
 
     def pids(self) -> list[int]:
         with self._cond:
-            return sorted(i.pid for i in [*self._idle, *self._busy])
+            return sorted(i.pid for i in [*self._idle, *self._busy, *self._starting()])
+
+    def jobs_by_pid(self) -> dict[int, int]:
+        """Jobs each idle or busy inspector has done (a successor still starting is not listed)."""
+        with self._cond:
+            return {i.pid: i.jobs for i in [*self._idle, *self._busy]}
+
+    def _starting(self) -> list[Inspector]:
+        return [self._successor] if self._successor is not None else []
 
     def run(self, request: dict[str, Any], filename: str) -> dict[str, Any]:
         """Inspect in a warm inspector: the reply, or InspectionFailed naming ``filename``."""
@@ -282,7 +310,9 @@ class InspectorPool:
         with self._cond:
             while True:
                 self._drop_dead()
+                self._take_successor_if_ready()
                 if self._idle:
+                    self._idle.sort(key=lambda i: i.jobs, reverse=True)  # the least used last
                     inspector = self._idle.pop()
                 elif len(self._busy) < settings.INSPECT_POOL_SIZE:
                     inspector = Inspector.start()
@@ -293,10 +323,20 @@ class InspectorPool:
                 return inspector
 
     def _release(self, inspector: Inspector, healthy: bool) -> None:
-        """Back to the idle list, or replaced (after a failure or its last allowed job)."""
+        """Back to the idle list, or replaced: at once after a failure; after its last allowed job
+        once its successor is ready (until then it goes on taking jobs)."""
         with self._cond:
             self._busy.discard(inspector)
-            if healthy and inspector.jobs < settings.INSPECT_MAX_JOBS and inspector.alive():
+            if healthy and inspector.alive() and inspector.worn:
+                self._take_successor_if_ready()
+                if self._successor is None and not self._has_fresh_idle():
+                    self._start_successor()
+                if self._has_fresh_idle():
+                    log.info("retired the inspector (pid %s) after %s job(s)", inspector.pid, inspector.jobs)
+                    inspector.stop()
+                else:
+                    self._idle.append(inspector)
+            elif healthy and inspector.alive():
                 self._idle.append(inspector)
             else:
                 inspector.stop()
@@ -309,22 +349,55 @@ class InspectorPool:
                         pass  # logged; the next job tries again (and this job's own error stands)
             self._cond.notify()
 
+    def _start_successor(self) -> None:
+        try:
+            self._successor = Inspector.start()
+        except InspectorUnavailable:
+            pass  # logged; the worn inspector goes on, and its next release tries again
+
+    def _has_fresh_idle(self) -> bool:
+        return any(not i.worn for i in self._idle)
+
+    def _take_successor_if_ready(self) -> None:
+        """A successor that finished starting joins the idle list, and a worn idle inspector
+        leaves it (one that is busy leaves at its release, now that a fresh one waits)."""
+        successor = self._successor
+        if successor is None:
+            return
+        try:
+            ready = successor.poll_ready()
+        except InspectorUnavailable:  # it died starting (logged): the next release starts another
+            self._successor = None
+            return
+        if not ready:
+            return
+        self._successor = None
+        self._idle.append(successor)
+        for worn in [i for i in self._idle if i.worn]:
+            log.info("retired the inspector (pid %s) after %s job(s)", worn.pid, worn.jobs)
+            worn.stop()
+            self._idle.remove(worn)
+
     def _drop_dead(self) -> None:
         """Idle inspectors that exited by themselves (idle timeout) are reaped and forgotten."""
         for inspector in [i for i in self._idle if not i.alive()]:
             inspector.stop()
             self._idle.remove(inspector)
+        if self._successor is not None and not self._successor.alive():
+            self._successor.stop()
+            self._successor = None
 
     def shutdown(self) -> None:
         with self._cond:
-            idle, self._idle = self._idle, []
+            idle, self._idle = [*self._idle, *self._starting()], []
+            self._successor = None
         for inspector in idle:
             inspector.stop(grace=2.0)
 
     def forget(self) -> None:
-        for inspector in [*self._idle, *self._busy]:
+        for inspector in [*self._idle, *self._busy, *self._starting()]:
             inspector.forget()
-        self._idle, self._busy = [], set()
+        self._idle, self._busy, self._successor = [], set(), None
 
 
 def _signal_name(number: int) -> str:
