@@ -100,8 +100,9 @@ def run_job(request: dict[str, Any]) -> dict[str, Any]:
 
     try:
         with job_limits(int(request["memory_bytes"]), int(request["cpu_seconds"])):
+            workdir = Path(request["workdir"]) if request["workdir"] else None  # archives only
             found = inspection.inspect_here(Path(request["path"]), request["filename"],
-                                            workdir=Path(request["workdir"]), limits=Limits(**request["limits"]))
+                                            workdir=workdir, limits=Limits(**request["limits"]))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a reply; the process lives on
         if _out_of_memory(exc):
             return {"limit": "memory"}

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -63,6 +63,9 @@ def detect_container(filename: str) -> tuple[str, str]:
     )
 
 
+ARCHIVE_CONTAINERS = ("zip", "tar")
+
+
 @contextmanager
 def private_workdir() -> Iterator[Path]:
     """A 0700 directory inside the storage root's tmp/, removed whatever happens (the web process
@@ -81,8 +84,10 @@ def inspect_artifact(path: Path, filename: str) -> Inspection:
 
     Raises the artifact's own RegistryError (corrupt, unsafe, not a model...) or InspectionFailed
     (422) when the inspector crashed or hit its memory or time limit."""
-    detect_container(filename)  # an unknown suffix needs no inspector
-    with private_workdir() as workdir:
+    _fmt, container = detect_container(filename)  # an unknown suffix needs no inspector
+    # Only an archive is unpacked: a single file (.tflite, .keras, .h5) is read where it is
+    # staged, without a work directory to make and remove.
+    with private_workdir() if container in ARCHIVE_CONTAINERS else nullcontext(None) as workdir:
         reply = inspector.run(job_request(path, filename, workdir), filename)
     if "error" in reply:
         cls = getattr(errors, reply["error"]["class"], RegistryError)
@@ -92,9 +97,9 @@ def inspect_artifact(path: Path, filename: str) -> Inspection:
     return Inspection(**reply["inspection"])
 
 
-def job_request(path: Path, filename: str, workdir: Path) -> dict[str, Any]:
-    """What the inspector needs for one artifact: the file, a work directory, and the limits."""
-    return {"path": str(path), "filename": filename, "workdir": str(workdir),
+def job_request(path: Path, filename: str, workdir: Path | None) -> dict[str, Any]:
+    """What the inspector needs for one artifact: the file, a work directory (archives), the limits."""
+    return {"path": str(path), "filename": filename, "workdir": str(workdir) if workdir else "",
             "limits": asdict(archives.Limits.from_settings()),
             "memory_bytes": settings.INSPECT_MEMORY_MB * 1024 * 1024,
             # A backstop for the web process's own timer, in CPU seconds (TensorFlow may use
@@ -102,13 +107,15 @@ def job_request(path: Path, filename: str, workdir: Path) -> dict[str, Any]:
             "cpu_seconds": settings.INSPECT_TIMEOUT * (os.cpu_count() or 1) + 30}
 
 
-def inspect_here(path: Path, filename: str, *, workdir: Path, limits: archives.Limits) -> Inspection:
+def inspect_here(path: Path, filename: str, *, workdir: Path | None, limits: archives.Limits) -> Inspection:
     """Unpack and load the artifact in this process: only ever called inside the inspector."""
     fmt, container = detect_container(filename)
-    if container == "zip":
-        return inspect_saved_model_zip(path, workdir / "unpacked", limits)
-    if container == "tar":
+    if container in ARCHIVE_CONTAINERS:
+        if workdir is None:
+            raise ValueError(f"{filename}: an archive needs a work directory to unpack into")
         unpacked = workdir / "unpacked"
+        if container == "zip":
+            return inspect_saved_model_zip(path, unpacked, limits)
         unpacked.mkdir()
         # A compressed stream is read once, in order: members cannot be chosen before they pass.
         archives.extract(path, unpacked, container, limits)
