@@ -283,7 +283,8 @@ class VersionRow:
         (self.pk, self.model_name, self.number, self.format, self.artifact_sha256, self.artifact_size,
          self.artifact_filename, signature, framework, self.parent_number, self.source, self.status,
          self.description, metadata, self.created_by_name, self.created_at) = values
-        self.signature, self.framework, self.metadata = json_value(signature), json_value(framework), json_value(metadata)
+        self.signature, self.framework = json_value(signature), json_value(framework)
+        self.metadata = json_value(metadata)
 
 
 def json_value(text: str | None) -> Any:
