@@ -21,7 +21,7 @@ from rest_framework import authentication, exceptions
 from integrations import scopes as scope_rules
 from integrations.errors import IntegrationError
 from integrations.models import ApiToken, ServiceAccount
-from registry import audit
+from registry import audit, sql
 from registry.errors import Conflict, Forbidden, NotFound
 
 PREFIX = "myd_"
@@ -123,6 +123,21 @@ def narrow_permissions(user: Any, token_scopes: set[str]) -> Any:
     return user
 
 
+def token_with_user(token_hash: str) -> ApiToken | None:
+    """The token with this hash and its user, in one statement written in SQL (``registry.sql``):
+    every API call authenticates, and the ORM took longer building this join than running it."""
+    user_model = get_user_model()
+    found = sql.fetch(f"SELECT {sql.columns(ApiToken)}, {sql.columns(user_model)} FROM {sql.table(ApiToken)} "
+                      f"INNER JOIN {sql.table(user_model)} ON {sql.column(ApiToken, 'user')} = "
+                      f"{sql.column(user_model, 'id')} WHERE {sql.column(ApiToken, 'token_hash')} = %s", [token_hash])
+    if not found:
+        return None
+    split = len(ApiToken._meta.concrete_fields)
+    token = sql.instance(ApiToken, found[0][:split])
+    token.user = sql.instance(user_model, found[0][split:])
+    return token
+
+
 class ScopedTokenAuthentication(authentication.BaseAuthentication):
     """``Authorization: Bearer myd_…`` (or ``Token myd_…``). Other tokens fall through to DRF's
     legacy TokenAuthentication, which keeps every right of its user."""
@@ -131,8 +146,7 @@ class ScopedTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode(errors="replace").split()
         if len(header) != 2 or header[0].lower() not in ("bearer", "token") or not header[1].startswith(PREFIX):
             return None
-        # token_hash is unique: [:1] rather than first(), which would add an ORDER BY to build and run
-        token = next(iter(ApiToken.objects.select_related("user").filter(token_hash=hash_secret(header[1]))[:1]), None)
+        token = token_with_user(hash_secret(header[1]))
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid token.")
         if token.revoked_at is not None:

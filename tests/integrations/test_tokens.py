@@ -6,11 +6,13 @@ import hashlib
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from integrations.models import ApiToken
+from integrations.tokens import token_with_user
 from registry.models import AuditEvent, RegisteredModel
 from releases.models import Release
 from tests.integrations.conftest import token_client
@@ -129,6 +131,22 @@ def test_expired_and_revoked_tokens_are_refused(alice, make_token):
     response = client2.get("/api/v1/models/")
     assert response.status_code == 401 and "revoked" in response.json()["error"]["message"]
     assert token_client("myd_" + "x" * 43).get("/api/v1/models/").status_code == 401
+
+
+@pytest.mark.django_db
+def test_the_authenticating_lookup_reads_the_token_and_user_as_the_orm_does(alice, make_token):
+    """``token_with_user`` is SQL (registry.sql): every column of both rows converted as the ORM
+    converts it (aware datetimes, JSON scopes, booleans), on SQLite and PostgreSQL."""
+    token, _client = make_token(alice, ["registry:read", "registry:write"], expires_in_days=30)
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    found, expected = token_with_user(token.token_hash), ApiToken.objects.select_related("user").get(pk=token.pk)
+    for field in ApiToken._meta.concrete_fields:
+        assert getattr(found, field.attname) == getattr(expected, field.attname), field.name
+    for field in get_user_model()._meta.concrete_fields:
+        assert getattr(found.user, field.attname) == getattr(expected.user, field.attname), field.name
+    assert found.scopes == ["registry:read", "registry:write"] and found.expires_at.tzinfo is not None
+    assert found.user.is_active is True and found.user.get_username() == "alice" and not found._state.adding
+    assert token_with_user("0" * 64) is None
 
 
 @pytest.mark.django_db
