@@ -99,10 +99,11 @@ def model_update(
 
 
 def get_model(name: str) -> RegisteredModel:
-    try:
-        return RegisteredModel.objects.get(name=name)
-    except RegisteredModel.DoesNotExist:
-        raise NotFound(f"No registered model is named {name!r}.", code="model_not_found") from None
+    """The model named ``name`` or a 404: the first statement of most API calls, so in SQL."""
+    found = sql.instances_where(RegisteredModel, "name", name)
+    if not found:
+        raise NotFound(f"No registered model is named {name!r}.", code="model_not_found")
+    return found[0]
 
 
 def get_version(model: RegisteredModel, number: int | str) -> ModelVersion:

@@ -79,3 +79,9 @@ def _converters(model: type[models.Model]) -> list[list[tuple[Callable[..., Any]
         found.append([(c, expression) for c in [*connection.ops.get_db_converters(expression),
                                                 *field.get_db_converters(connection)]])
     return found
+
+
+def instances_where(model: type[M], column_name: str, value: Any) -> list[M]:
+    """Rows of ``model`` whose field ``column_name`` equals ``value``, as instances (one statement)."""
+    return [instance(model, row) for row in fetch(
+        f"SELECT {columns(model)} FROM {table(model)} WHERE {column(model, column_name)} = %s", [value])]

@@ -67,6 +67,12 @@ class HashingUploadHandler(TemporaryFileUploadHandler):
             self.upload_interrupted()
             raise TooLarge(upload_limit_message(settings.MAX_ARTIFACT_BYTES))
         self._wait()  # the previous chunk first: bytes stay in order, and memory bounded
+        if len(raw_data) < self.chunk_size:
+            # A short chunk is almost always the file's last (or only one): little or nothing follows
+            # to overlap it with, and a thread would add two thread switches to every small upload.
+            # (Order is kept either way: the chunk in flight was waited for above.)
+            self._hash_and_write(raw_data)
+            return
         self._pending = hashing_pool().submit(self._hash_and_write, raw_data)
 
     def _hash_and_write(self, chunk: bytes) -> None:
