@@ -29,10 +29,13 @@ def console_data(alice, bob):  # type: ignore[no-untyped-def]
         make_rows(alice, 1, name=f"other-{i}")
     pending = Release.objects.filter(version__model=model, state="pending_approval").order_by("-pk").first()
     live = Release.objects.get(version__model=model, state="live")
+    rolling = Release.objects.filter(version__model=model).exclude(pk__in=[pending.pk, live.pk]).first()
+    Release.objects.filter(pk=rolling.pk).update(state="rolling_back")  # the deploy worker stages it again
+    rolling.promotions.update(state="rolling_back", previous_version=1)
     job = OptimizationJob.objects.filter(source__model=model).first()
     OptimizationJob.objects.filter(pk=job.pk).update(status="running", progress=42.0, stage="prune: epoch 2/5",
                                                      log="[10:00:01] loading\n[10:00:03] training\n")
-    return {"model": model.name, "pending": pending.pk, "live": live.pk, "job": job.pk}
+    return {"model": model.name, "pending": pending.pk, "live": live.pk, "rolling": rolling.pk, "job": job.pk}
 
 
 def urls(data: dict) -> dict[str, str]:
@@ -40,7 +43,8 @@ def urls(data: dict) -> dict[str, str]:
     return {"models": "/", "model": f"/models/{m}/", "compare": f"/models/{m}/compare/",
             "upload": f"/models/{m}/upload/", "dataset": f"/models/{m}/datasets/new/", "new-model": "/new-model/", "optimize": f"/models/{m}/optimize/", "job": f"/jobs/{data['job']}/",
             "releases": "/releases/", "release-pending": f"/releases/{data['pending']}/",
-            "release-live": f"/releases/{data['live']}/", "endpoints": "/endpoints/", "audit": "/audit/"}
+            "release-live": f"/releases/{data['live']}/", "release-rolling-back": f"/releases/{data['rolling']}/",
+            "endpoints": "/endpoints/", "audit": "/audit/"}
 
 
 @pytest.mark.parametrize("viewport,suffix", [(PHONE, "phone"), (DESKTOP, "desktop")])
@@ -57,7 +61,7 @@ def test_every_page_fits_a_phone_and_passes_axe(new_page, console_data, viewport
     for name, url in urls(console_data).items():
         response = page.goto(url)
         assert response.status == 200, (url, response.status)
-        page.wait_for_load_state("networkidle") if name != "job" else None
+        page.wait_for_load_state("networkidle") if name not in ("job", "release-rolling-back") else None  # polling
         if suffix == "phone" and not no_horizontal_overflow(page):
             width = page.evaluate("document.documentElement.scrollWidth")
             problems.setdefault(name, []).append(f"horizontal overflow: {width}px > 390px")
