@@ -135,7 +135,7 @@ class JobRunner:
 
     def _context(self, data: dict[str, Arrays | None], start: float, end: float, label: str) -> PassContext:
         def progress(fraction: float, message: str) -> None:
-            if services.job_progress(self.job.pk, percent=start + (end - start) * fraction, stage=label,
+            if services.job_progress(self.job, percent=start + (end - start) * fraction, stage=label,
                                      message=message):
                 self._cancel_requested = True
 
@@ -243,12 +243,12 @@ class JobRunner:
 
     def progress(self, percent: float, stage: str, message: str) -> None:
         self.stage = stage
-        if services.job_progress(self.job.pk, percent=percent, stage=stage, message=message):
+        if services.job_progress(self.job, percent=percent, stage=stage, message=message):
             raise Cancelled(f"cancel requested during {stage}")
 
     def log(self, line: str) -> None:
         log.info("job %s: %s", self.job.pk, line)
-        services.job_log(self.job.pk, line)
+        services.job_log(self.job, line)
 
 
 def compute_device() -> str:

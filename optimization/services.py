@@ -323,17 +323,21 @@ def sweep_scratch() -> int:
 
 # --- progress, used by the runner ------------------------------------------------------------
 
-def job_progress(job_id: int, *, percent: float, stage: str, message: str = "") -> bool:
-    """Record progress; return True if cancellation was requested."""
-    OptimizationJob.objects.filter(pk=job_id, status=OptimizationJob.Status.RUNNING).update(
-        progress=round(min(max(percent, 0.0), 100.0), 1), stage=stage[:200], message=message[:500],
-        heartbeat_at=timezone.now())
-    return OptimizationJob.objects.filter(pk=job_id, cancel_requested=True).exists()
+def job_progress(job: OptimizationJob, *, percent: float, stage: str, message: str = "") -> bool:
+    """Record this run's progress; True when it must stop: cancellation was requested, or the job
+    is no longer this run's (reaped and retried while this worker was stalled: its progress and
+    heartbeat would otherwise pass for the new attempt's)."""
+    if not _this_attempt(job).update(progress=round(min(max(percent, 0.0), 100.0), 1), stage=stage[:200],
+                                     message=message[:500], heartbeat_at=timezone.now()):
+        return True
+    return OptimizationJob.objects.filter(pk=job.pk, cancel_requested=True).exists()
 
 
-def job_log(job_id: int, line: str) -> None:
+def job_log(job: OptimizationJob, line: str) -> None:
+    """Append a line to the job's log, unless the job has been retried since this run started."""
     stamp = timezone.now().strftime("%H:%M:%S")
-    OptimizationJob.objects.filter(pk=job_id).update(log=Concat(F("log"), Value(f"[{stamp}] {line}\n")))
+    OptimizationJob.objects.filter(pk=job.pk, attempt=job.attempt).update(
+        log=Concat(F("log"), Value(f"[{stamp}] {line}\n")))
 
 
 def _this_attempt(job: OptimizationJob) -> Any:
