@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import connection
-
 from metrics import harness
 from metrics.models import VersionMetrics
-from registry.models import Dataset, ModelVersion
 from registry import sql
+from registry.models import Dataset, ModelVersion
 from registry.serializers import drf_datetime, json_value
 
 
@@ -30,20 +28,14 @@ def runs_by_version(ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     run, version = VersionMetrics, ModelVersion
     found: dict[int, list[dict[str, Any]]] = {}
     for version_id, eval_dataset, reference, metrics, created_at in sql.fetch(
-            f"SELECT {sql.column(run, 'version')}, {sql.column(run, 'eval_dataset')}, reference.{_number_column()}, "
-            f"{sql.column(run, 'metrics')}, {sql.column(run, 'created_at')} FROM {sql.table(run)} "
+            f"SELECT {sql.column(run, 'version')}, {sql.column(run, 'eval_dataset')}, "
+            f"reference.{sql.name(version, 'number')}, {sql.column(run, 'metrics')}, {sql.column(run, 'created_at')} "
+            f"FROM {sql.table(run)} "
             f"LEFT OUTER JOIN {sql.table(version)} reference ON {sql.column(run, 'reference')} = "
-            f"reference.{_id_column()} WHERE {sql.column(run, 'version')} IN ({sql.placeholders(ids)}) "
+            f"reference.{sql.name(version, 'id')} WHERE {sql.column(run, 'version')} IN ({sql.placeholders(ids)}) "
             f"ORDER BY {sql.column(run, 'id')}", ids):
         found.setdefault(version_id, []).append({
             "eval_dataset": eval_dataset, "reference": reference, "metrics": json_value(metrics),
             "created_at": drf_datetime(sql.aware(created_at))})
     return found
 
-
-def _number_column() -> str:
-    return connection.ops.quote_name(ModelVersion._meta.get_field("number").column)
-
-
-def _id_column() -> str:
-    return connection.ops.quote_name(ModelVersion._meta.pk.column)

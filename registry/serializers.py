@@ -8,7 +8,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.validators import RegexValidator
-from django.db.models import CharField, Manager, QuerySet, TextField, Value
+from django.db.models import Manager, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
